@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(wildcard ext/*.pyx ext/*.pxd)
 
-.PHONY: run test install lint clean autobahn bench-fanout
+.PHONY: run test install lint clean autobahn bench-fanout system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,17 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/wsd serve
 
-test: install
+# Debian packages listed in system-packages.txt (redis-server, nftables, ...): installed only when
+# missing, and only as root; `make test` as non-root skips the tests that need them, with a message.
+system-deps:
+	@pkgs=$$(grep -v '^#' system-packages.txt | tr '\n' ' '); missing=""; \
+	for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "not root: cannot install$$missing (tests needing them will be skipped)"; fi; \
+	fi
+
+test: install system-deps
 	$(PY) -m pytest -q
 
 lint: install
