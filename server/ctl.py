@@ -1,0 +1,337 @@
+"""`wsd ctl`: the command-line client of the supervisor's admin socket (server/admin.py).
+
+    wsd ctl [--admin-socket PATH] [--json] COMMAND [ARGS]
+
+Each command sends one JSON request line and prints the reply's `result`: as a human-readable
+table or sentence by default, as the raw JSON document with `--json` (for scripts). Exit status:
+0 success, 1 wsd unreachable or the command failed, 2 bad usage (argparse's convention).
+Adding a command is one entry in `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.admin import DEFAULT_ADMIN_SOCKET, MAX_REQUEST_BYTES
+
+PROG = "wsd ctl"
+# A reply bigger than this is not something wsd sends; stop reading instead of growing forever.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+class CtlError(Exception):
+    """A failure to report as `wsd ctl: <message>` with exit status 1."""
+
+
+# -- human output ---------------------------------------------------------------------------------
+
+
+def render_status(result: object) -> str:
+    """Render a `status` result as a header line, a per-worker table and a totals row.
+
+    Every field is optional so that an older or newer supervisor never makes the table crash:
+    a missing or mistyped value prints as "-", unknown fields are ignored.
+    """
+    if not isinstance(result, dict):
+        return render_generic(result)
+    lines = []
+    supervisor = result.get("supervisor")
+    if isinstance(supervisor, dict):
+        lines.append(
+            f"wsd supervisor pid {_text(supervisor.get('pid'))}, {_text(supervisor.get('state'))}, "
+            f"up {_duration(supervisor.get('uptime_s'))}, epoch {_text(supervisor.get('epoch'))}"
+        )
+    header = [
+        "SLOT", "PID", "STATE", "ACCEPTING", "CONNS", "CHANNELS", "RSS", "CPU",
+        "MSGS IN", "MSGS OUT", "BUS LAG", "OVERRUNS", "SLOW DISC", "RESTARTS",
+    ]  # fmt: skip
+    # Left-align the words, right-align the numbers.
+    left_aligned = {"STATE", "ACCEPTING"}
+    rows = []
+    workers = result.get("workers")
+    for worker in workers if isinstance(workers, list) else []:
+        if not isinstance(worker, dict):
+            continue
+        rows.append([
+            _text(worker.get("slot")),
+            _text(worker.get("pid")),
+            _text(worker.get("state")),
+            _yes_no(worker.get("accepting")),
+            _connections(worker.get("connections"), worker.get("max_connections")),
+            _text(worker.get("channels")),
+            _mebibytes(worker.get("rss_bytes")),
+            _percent(worker.get("cpu_percent")),
+            _text(worker.get("msgs_in")),
+            _text(worker.get("msgs_out")),
+            _text(worker.get("bus_lag")),
+            _text(worker.get("overruns")),
+            _text(worker.get("slow_disconnects")),
+            _text(worker.get("restarts")),
+        ])  # fmt: skip
+    totals = result.get("totals")
+    if isinstance(totals, dict):
+        rows.append([
+            "total", "", "", "",
+            _text(totals.get("connections")),
+            _text(totals.get("channels")),
+            _mebibytes(totals.get("rss_bytes")),
+            _percent(totals.get("cpu_percent")),
+            _text(totals.get("msgs_in")),
+            _text(totals.get("msgs_out")),
+            "",
+            _text(totals.get("overruns")),
+            _text(totals.get("slow_disconnects")),
+            "",
+        ])  # fmt: skip
+    lines.extend(_table(header, rows, left_aligned))
+    return "\n".join(lines)
+
+
+def render_publish(result: object) -> str:
+    if isinstance(result, dict) and "channel" in result and "offset" in result:
+        return f"published to {result['channel']} at offset {result['offset']}"
+    return render_generic(result)
+
+
+def render_stop(result: object) -> str:
+    return "stopping"
+
+
+def render_generic(result: object) -> str:
+    """Fallback for commands without a dedicated renderer (and for unexpected result shapes)."""
+    if result is None:
+        return "ok"
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict) and all(not isinstance(v, dict | list) for v in result.values()):
+        return "\n".join(f"{key}: {_text(value)}" for key, value in result.items()) or "ok"
+    return json.dumps(result, indent=2)
+
+
+def _table(header: list[str], rows: list[list[str]], left_aligned: set[str]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.ljust(width) if name in left_aligned else cell.rjust(width)
+            for name, cell, width in zip(header, row, widths, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: object) -> str:
+    if value is None or isinstance(value, dict | list):
+        return "-"
+    return str(value)
+
+
+def _yes_no(value: object) -> str:
+    # Upper-case NO so a worker that stopped accepting stands out in a column of "yes".
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return "-"
+
+
+def _connections(current: object, limit: object) -> str:
+    if not _is_number(current):
+        return "-"
+    return f"{current}/{limit}" if _is_number(limit) else str(current)
+
+
+def _mebibytes(value: object) -> str:
+    return f"{value / (1024 * 1024):.1f} MiB" if _is_number(value) else "-"
+
+
+def _percent(value: object) -> str:
+    return f"{value:.1f}%" if _is_number(value) else "-"
+
+
+def _duration(seconds: object) -> str:
+    if not _is_number(seconds):
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _json_value(text: str) -> Any:
+    """argparse type for the JSON argument of `publish`: refuse bad JSON before contacting wsd."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from exc
+
+
+def _publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("channel", metavar="CHANNEL", help="channel name")
+    parser.add_argument("message", metavar="JSON", type=_json_value, help="message body, as JSON")
+
+
+def _drain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--window", dest="window_s", metavar="SECONDS", type=float, default=30.0,
+        help="spread client disconnects over this many seconds (default: 30)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `wsd ctl` subcommand; its parsed arguments (by argparse dest) become the request args."""
+
+    help: str
+    render: Callable[[object], str] = render_generic
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    timeout_s: float = 60.0
+
+
+COMMANDS: dict[str, Command] = {
+    "status": Command("per-worker connections, channels, memory, CPU, traffic", render_status, timeout_s=10),
+    "publish": Command("publish a JSON message to a channel", render_publish, _publish_arguments),
+    "stop": Command("stop wsd gracefully", render_stop),
+    "drain": Command("stop accepting and move clients off this host", add_arguments=_drain_arguments),
+    "reload": Command("replace the workers with fresh ones, one slot at a time"),
+}
+
+# Parser options that belong to `wsd ctl` itself, not to the request sent to wsd.
+_GLOBAL_DESTS = {"admin_socket", "json", "command"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Control a running wsd through its admin socket.")
+    parser.add_argument(
+        "--admin-socket", metavar="PATH", default=DEFAULT_ADMIN_SOCKET,
+        help=f"the admin socket of the wsd to control (default: {DEFAULT_ADMIN_SOCKET})",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the raw result as JSON, for scripts")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=command.help, description=command.help)
+        # Also accept the global options after the command (`wsd ctl status --json`); SUPPRESS
+        # keeps an absent one from overwriting the value given before the command.
+        hidden = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+        subparser.add_argument("--admin-socket", metavar="PATH", **hidden)
+        subparser.add_argument("--json", action="store_true", **hidden)
+        if command.add_arguments is not None:
+            command.add_arguments(subparser)
+    return parser
+
+
+# -- transport ------------------------------------------------------------------------------------
+
+
+def request(socket_path: str, command: str, args: dict, timeout_s: float) -> object:
+    """Send one command to the wsd listening at `socket_path` and return its result.
+
+    Raises CtlError with a message fit for the user when wsd cannot be reached, does not answer
+    in time, answers garbage, or refuses the command.
+    """
+    line = json.dumps({"cmd": command, "args": args}, separators=(",", ":")).encode() + b"\n"
+    if len(line) > MAX_REQUEST_BYTES:
+        raise CtlError(f"request is {len(line)} bytes; wsd accepts at most {MAX_REQUEST_BYTES}")
+    where = f"wsd at {socket_path}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(socket_path)
+        except FileNotFoundError:
+            raise CtlError(
+                f"cannot reach {where}: no such file (is wsd serve running? use --admin-socket)"
+            ) from None
+        except ConnectionRefusedError:
+            raise CtlError(
+                f"cannot reach {where}: connection refused (stale socket file? is wsd serve running?)"
+            ) from None
+        except PermissionError:
+            raise CtlError(
+                f"cannot reach {where}: permission denied (the socket is mode 0600: "
+                "run wsd ctl as the user that started wsd)"
+            ) from None
+        except TimeoutError:
+            raise CtlError(f"cannot reach {where}: no answer within {timeout_s:g} s") from None
+        except OSError as exc:
+            raise CtlError(f"cannot reach {where}: {exc.strerror or exc}") from None
+        try:
+            sock.sendall(line)
+            reply = _read_line(sock)
+        except TimeoutError:
+            raise CtlError(f"{where} did not answer {command!r} within {timeout_s:g} s") from None
+        except OSError as exc:
+            raise CtlError(f"lost connection to {where}: {exc.strerror or exc}") from None
+    if not reply:
+        raise CtlError(f"{where} closed the connection without answering {command!r}")
+    try:
+        response = json.loads(reply)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CtlError(f"{where} sent a reply that is not JSON ({exc})") from None
+    if not isinstance(response, dict) or "ok" not in response:
+        raise CtlError(f"{where} sent an unexpected reply: {reply[:200]!r}")
+    if not response["ok"]:
+        raise CtlError(str(response.get("error") or "the command failed (no reason given)"))
+    return response.get("result")
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """Read up to the first newline (returned without it); b"" if the peer closed first."""
+    received = bytearray()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            # A reply cut short by the server closing is incomplete: treat as no reply.
+            return b""
+        received += chunk
+        newline = received.find(b"\n")
+        if newline >= 0:
+            return bytes(received[:newline])
+        if len(received) > MAX_REPLY_BYTES:
+            raise CtlError(f"reply from wsd exceeds {MAX_REPLY_BYTES} bytes")
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """Run `wsd ctl` with `argv` (the arguments after `ctl`); return the process exit status."""
+    parser = build_parser()
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help (0) and usage errors (2); callers want a status, not an exit.
+        return exc.code if isinstance(exc.code, int) else 2
+    command = COMMANDS[options.command]
+    args = {key: value for key, value in vars(options).items() if key not in _GLOBAL_DESTS}
+    try:
+        result = request(options.admin_socket, options.command, args, command.timeout_s)
+    except CtlError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    if options.json:
+        print(json.dumps(result))
+    else:
+        print(command.render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
