@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import stat
+import weakref
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class AdminServer:
         self._socket_inode = os.stat(path).st_ino
         # Kept absolute so close() still finds the file if the supervisor changes directory.
         self._absolute_path = os.path.abspath(path)
+        # Workers are forked from the supervisor. A child holding the listener would keep the
+        # socket "live" (connects succeed, nobody answers) after the supervisor dies, so every
+        # forked child lets go of it automatically.
+        server_ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _release_in_child(server_ref))
 
     # -- select integration -------------------------------------------------------------------
 
@@ -92,6 +98,8 @@ class AdminServer:
 
     def readable_fds(self) -> list[int]:
         """Every fd the supervisor should select on for reading: the listener and all clients."""
+        if self._listener.fileno() == -1:
+            return []
         return [self._listener.fileno(), *self._clients]
 
     def handle_readable(self, fd: int) -> None:
@@ -116,6 +124,12 @@ class AdminServer:
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(self._absolute_path).st_ino == self._socket_inode:
                     os.unlink(self._absolute_path)
+
+    def release_in_child(self) -> None:
+        """In a forked child: close the inherited fds but leave the file to the parent serving it."""
+        for client in list(self._clients.values()):
+            self._drop(client)
+        self._listener.close()
 
     def __enter__(self) -> AdminServer:
         return self
@@ -222,6 +236,12 @@ class AdminServer:
         if fd != -1:
             self._clients.pop(fd, None)
         client.sock.close()
+
+
+def _release_in_child(server_ref: weakref.ref[AdminServer]) -> None:
+    server = server_ref()
+    if server is not None:
+        server.release_in_child()
 
 
 def _encode(response: dict) -> bytes:

@@ -52,7 +52,7 @@ def render_status(result: object) -> str:
         "MSGS IN", "MSGS OUT", "BUS LAG", "OVERRUNS", "SLOW DISC", "RESTARTS",
     ]  # fmt: skip
     # Left-align the words, right-align the numbers.
-    left_aligned = {"STATE", "ACCEPTING"}
+    left_aligned = {"SLOT", "STATE", "ACCEPTING"}
     rows = []
     workers = result.get("workers")
     for worker in workers if isinstance(workers, list) else []:

@@ -406,3 +406,19 @@ def test_close_leaves_a_successors_socket_alone(socket_dir):
         assert stat.S_ISSOCK(os.stat(path).st_mode)
     finally:
         new.close()
+
+
+def test_forked_child_lets_go_of_the_socket_but_leaves_the_file(socket_dir):
+    path = os.path.join(socket_dir, "wsd.sock")
+    server = AdminServer(path, {})
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child, like a freshly forked worker
+            released = server.readable_fds() == [] and stat.S_ISSOCK(os.stat(path).st_mode)
+            os._exit(0 if released else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(path)
+        assert server.readable_fds() == [server.fileno()]
+    finally:
+        server.close()
