@@ -1,0 +1,149 @@
+"""One worker slot's shared-memory segment: header, stats, cursors, interest map, channel table, ring.
+
+The supervisor creates one segment per slot (a file in /dev/shm) before forking any worker, so a
+segment outlives worker respawns and reloads; every worker maps all of them. Layout in docs/bus.md.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from ext.chantable import ChannelTable
+from ext.ring import Ring
+
+from ext.interest import InterestMap
+
+MAGIC = 0x3130474553445357  # b"WSDSEG01" little-endian
+MAX_SLOTS = 256
+
+HEADER_SIZE = 4096
+_MAGIC_AT, _SLOT_AT, _EPOCH_AT, _WORKERS_AT = 0, 8, 16, 24
+_RING_CAPACITY_AT, _TABLE_SLOTS_AT, _INTEREST_BUCKETS_AT = 32, 40, 48
+PENDING_FLAG_AT = 64  # doorbell coalescing flag, alone on its cache line
+_STATS_AT = 128  # 32 u64 counters written by the worker, read by the supervisor
+_CURSORS_AT = 512  # MAX_SLOTS u64: this slot's read position in every ring
+
+INTEREST_BUCKETS = 65536
+
+# Stats block fields (u64 each), in order.
+STAT_FIELDS = (
+    "pid",
+    "heartbeat_ns",
+    "connections",
+    "max_connections",
+    "accepting",
+    "channels",
+    "msgs_in",
+    "msgs_out",
+    "overruns",
+    "lost_bytes",
+    "gaps",
+    "slow_disconnects",
+    "bus_lag",
+    "draining",
+    "drain_remaining",
+    "handshakes_refused",
+)
+_STATS_FORMAT = f"<{len(STAT_FIELDS)}Q"
+assert _STATS_AT + struct.calcsize(_STATS_FORMAT) <= _CURSORS_AT
+assert _CURSORS_AT + 8 * MAX_SLOTS <= HEADER_SIZE
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    ring_capacity: int
+    table_slots: int
+    interest_buckets: int = INTEREST_BUCKETS
+
+    @property
+    def interest_at(self) -> int:
+        return HEADER_SIZE
+
+    @property
+    def table_at(self) -> int:
+        return _align(self.interest_at + InterestMap.region_size(self.interest_buckets), 4096)
+
+    @property
+    def ring_at(self) -> int:
+        return _align(self.table_at + ChannelTable.region_size(self.table_slots), 4096)
+
+    @property
+    def size(self) -> int:
+        return _align(self.ring_at + Ring.region_size(self.ring_capacity), 4096)
+
+
+def _align(value: int, to: int) -> int:
+    return (value + to - 1) // to * to
+
+
+def segment_path(run_id: str, slot: int) -> str:
+    return f"/dev/shm/wsd-{run_id}-slot{slot}"
+
+
+class Segment:
+    """A mapped segment. `create` initialises a new one; `attach` maps an existing one."""
+
+    def __init__(self, path: str, mapping: mmap.mmap, layout: SegmentLayout):
+        self.path = path
+        self.map = mapping
+        self.layout = layout
+        self.slot, self.epoch, self.workers = struct.unpack_from("<QQQ", mapping, _SLOT_AT)
+        self.interest = InterestMap(mapping, layout.interest_at, layout.interest_buckets)
+        self.table = ChannelTable(mapping, layout.table_at, layout.table_slots)
+        self.ring = Ring(mapping, layout.ring_at, layout.ring_capacity)
+
+    @classmethod
+    def create(cls, path: str, slot: int, workers: int, epoch: int, layout: SegmentLayout) -> Segment:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, layout.size)
+            mapping = mmap.mmap(fd, layout.size)
+        finally:
+            os.close(fd)
+        struct.pack_into("<QQQQ", mapping, _MAGIC_AT, MAGIC, slot, epoch, workers)
+        struct.pack_into(
+            "<QQQ", mapping, _RING_CAPACITY_AT, layout.ring_capacity, layout.table_slots, layout.interest_buckets
+        )
+        segment = cls(path, mapping, layout)
+        segment.interest.clear_all()
+        segment.table.init()
+        segment.ring.init()
+        return segment
+
+    @classmethod
+    def attach(cls, path: str) -> Segment:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        magic = struct.unpack_from("<Q", mapping, _MAGIC_AT)[0]
+        if magic != MAGIC:
+            raise ValueError(f"{path} is not a wsd bus segment (bad magic {magic:#x})")
+        ring_capacity, table_slots, buckets = struct.unpack_from("<QQQ", mapping, _RING_CAPACITY_AT)
+        return cls(path, mapping, SegmentLayout(ring_capacity, table_slots, buckets))
+
+    # -- stats (written by the slot's worker, read by the supervisor) --
+    def write_stats(self, stats: dict[str, int]) -> None:
+        struct.pack_into(_STATS_FORMAT, self.map, _STATS_AT, *(int(stats.get(k, 0)) for k in STAT_FIELDS))
+
+    def read_stats(self) -> dict[str, int]:
+        return dict(zip(STAT_FIELDS, struct.unpack_from(_STATS_FORMAT, self.map, _STATS_AT), strict=True))
+
+    # -- this slot's read cursors into every ring (persisted across respawns) --
+    def cursor(self, ring_slot: int) -> int:
+        return struct.unpack_from("<Q", self.map, _CURSORS_AT + 8 * ring_slot)[0]
+
+    def set_cursor(self, ring_slot: int, position: int) -> None:
+        struct.pack_into("<Q", self.map, _CURSORS_AT + 8 * ring_slot, position)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:
+            # Cython views may still reference the map at interpreter exit; the OS unmaps it.
+            pass

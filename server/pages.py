@@ -1,0 +1,40 @@
+"""Static pages served on the WebSocket port: the demo at `/` and the browser client at `/wsd.js`."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from picows import WSUpgradeResponse
+
+STATIC_DIR = Path(__file__).parent / "static"
+CLIENT_JS = Path(__file__).parent.parent / "clients" / "js" / "wsd.js"
+
+_ROUTES = {
+    b"/": ("index.html", "text/html; charset=utf-8"),
+    b"/index.html": ("index.html", "text/html; charset=utf-8"),
+    b"/wsd.js": ("wsd.js", "text/javascript; charset=utf-8"),
+}
+
+
+@cache
+def _read(name: str) -> bytes | None:
+    path = STATIC_DIR / name
+    if name == "wsd.js" and CLIENT_JS.exists():
+        path = CLIENT_JS  # served from the repository's client while developing
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def static_response(path: bytes, slot: int) -> WSUpgradeResponse | None:
+    route = _ROUTES.get(path)
+    if route is None:
+        return None
+    body = _read(route[0])
+    if body is None:
+        return None
+    return WSUpgradeResponse.create_ok_response(
+        body, {"Content-Type": route[1], "Cache-Control": "no-cache", "X-Wsd-Worker": str(slot)}
+    )

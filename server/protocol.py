@@ -1,0 +1,122 @@
+"""The client protocol, free of I/O: a text message in, a request or an error reply out.
+
+Clients send JSON objects on `/ws`:
+  {"op":"sub","ch":NAME,"id":N}   {"op":"unsub","ch":NAME,"id":N}   {"op":"pub","ch":NAME,"data":ANY,"id":N}
+and get `{"op":"ok","id":N,...}`, `{"op":"err","id":N,"code":C,"msg":TEXT}` and deliveries
+`{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in ext.frames). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from server.channel_names import channel_name_error
+
+# Error codes carried in `err` replies (stable strings: clients switch on them).
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_OP = "unknown_op"
+BAD_CHANNEL = "bad_channel"
+TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+PUBLISH_FAILED = "publish_failed"
+BAD_SINCE = "bad_since"
+
+
+@dataclass(slots=True, frozen=True)
+class Subscribe:
+    id: Any
+    channel: str
+    since: tuple[int, int] | None = None  # (offset, epoch) to resume after
+
+
+@dataclass(slots=True, frozen=True)
+class Unsubscribe:
+    id: Any
+    channel: str
+
+
+@dataclass(slots=True, frozen=True)
+class Publish:
+    id: Any
+    channel: str
+    data_json: bytes  # the `data` value re-serialized compactly: delivered verbatim
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorReply:
+    id: Any
+    code: str
+    msg: str
+
+    def encode(self) -> bytes:
+        return err_reply(self.id, self.code, self.msg)
+
+
+Request = Subscribe | Unsubscribe | Publish
+
+
+def _usable_id(value: Any) -> Any:
+    # Echo numbers and strings back as given; anything else is not an id we can echo.
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _since(value: Any) -> tuple[int, int] | str:
+    """Parse `"since": {"off": N, "epoch": E}`; return an error message if malformed."""
+    if not isinstance(value, dict):
+        return '"since" must be an object {"off": N, "epoch": E}'
+    off, epoch = value.get("off"), value.get("epoch")
+    if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+        return '"since.off" must be a non-negative integer'
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return '"since.epoch" must be a non-negative integer'
+    return off, epoch
+
+
+def parse_request(text: bytes) -> Request | ErrorReply:
+    """Decode one client text message into a request, or the `err` reply it deserves."""
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return ErrorReply(None, BAD_JSON, f"message is not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return ErrorReply(None, BAD_REQUEST, f"message must be a JSON object, got {type(obj).__name__}")
+    request_id = _usable_id(obj.get("id"))
+    op = obj.get("op")
+    if op not in ("sub", "unsub", "pub"):
+        if op is None:
+            return ErrorReply(request_id, BAD_REQUEST, 'missing field "op" (one of sub, unsub, pub)')
+        return ErrorReply(request_id, UNKNOWN_OP, f"unknown op {str(op)[:40]!r}; known: sub, unsub, pub")
+    if "ch" not in obj:
+        return ErrorReply(request_id, BAD_REQUEST, f'missing field "ch" in {op}')
+    channel = obj["ch"]
+    problem = channel_name_error(channel)
+    if problem is not None:
+        return ErrorReply(request_id, BAD_CHANNEL, problem)
+    if op == "sub":
+        since = None
+        if obj.get("since") is not None:
+            parsed = _since(obj["since"])
+            if isinstance(parsed, str):
+                return ErrorReply(request_id, BAD_SINCE, parsed)
+            since = parsed
+        return Subscribe(request_id, channel, since)
+    if op == "unsub":
+        return Unsubscribe(request_id, channel)
+    if "data" not in obj:
+        return ErrorReply(request_id, BAD_REQUEST, 'missing field "data" in pub')
+    return Publish(request_id, channel, orjson.dumps(obj["data"]))
+
+
+def ok_reply(request_id: Any, **extra: Any) -> bytes:
+    reply = {"op": "ok", "id": request_id}
+    reply.update(extra)
+    return orjson.dumps(reply)
+
+
+def err_reply(request_id: Any, code: str, msg: str) -> bytes:
+    return orjson.dumps({"op": "err", "id": request_id, "code": code, "msg": msg})
