@@ -58,6 +58,9 @@ _PATHS_WITH_JSON_BODY = (PUBLISH_PATH, PUBLISH_BATCH_PATH)
 _MESSAGE_FIELDS = frozenset(("channel", "data"))
 _MESSAGE_SHAPE = '{"channel": "<name>", "data": <any JSON>}'
 
+# A TLS record header for a handshake: a client that was pointed at https:// by mistake.
+_TLS_HANDSHAKE_START = b"\x16\x03"
+
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 
@@ -318,6 +321,7 @@ class PublishApiProtocol(asyncio.Protocol):
         # Bytes received since the last end of headers while parsing headers; see MAX_HEADER_SIZE.
         self._header_bytes = 0
         self._parsing_body = False
+        self._received_data = False
 
         self._queued_requests: deque[_Request] = deque()
         self._publish_task: asyncio.Task[bytes] | None = None
@@ -349,6 +353,8 @@ class PublishApiProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._accepting_requests:
             return
+        is_first_data = not self._received_data
+        self._received_data = True
         if not self._parsing_body:
             self._header_bytes += len(data)
         try:
@@ -359,13 +365,19 @@ class PublishApiProtocol(asyncio.Protocol):
         except httptools.HttpParserError as error:
             # Our own rejections raised inside a parser callback arrive wrapped in a callback error.
             cause = error.__context__
-            if isinstance(cause, _RequestRejected):
+            if not self._accepting_requests:
+                # llhttp refuses data after a "Connection: close" request; we were going to ignore it.
+                pass
+            elif isinstance(cause, _RequestRejected):
                 self._reject_and_end_connection(cause)
             elif isinstance(error, httptools.HttpParserCallbackError):
                 logger.error("publish API: error in an HTTP parser callback", exc_info=cause or error)
                 self._reject_and_end_connection(_RequestRejected(500, f"internal error: {cause or error!r}"))
             else:
-                self._reject_and_end_connection(_RequestRejected(400, f"malformed HTTP request: {error}"))
+                message = f"malformed HTTP request: {error}"
+                if is_first_data and data.startswith(_TLS_HANDSHAKE_START):
+                    message += " (this looks like TLS: the publish API speaks plain http://, not https://)"
+                self._reject_and_end_connection(_RequestRejected(400, message))
         else:
             if not self._parsing_body and self._header_bytes > MAX_HEADER_SIZE:
                 self._reject_and_end_connection(_RequestRejected(431, self._headers_too_large_message()))

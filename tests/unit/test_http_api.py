@@ -487,6 +487,22 @@ def test_malformed_http_is_400_and_closes_only_that_connection(api: ApiServer) -
         assert not closed
 
 
+def test_tls_client_is_told_the_api_speaks_plain_http(api: ApiServer) -> None:
+    with api.raw_socket() as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))
+        responses, closed = read_responses(sock, 1)
+    assert_json_error(responses[0], 400, "malformed HTTP", "TLS", "http://")
+    assert closed
+
+
+def test_upgrade_request_is_400_and_ends_the_connection(api: ApiServer) -> None:
+    with api.raw_socket() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00")
+        responses, closed = read_responses(sock, 1)
+    assert_json_error(responses[0], 400, "upgrade")
+    assert closed
+
+
 def test_bad_content_length_is_400(api: ApiServer) -> None:
     with api.raw_socket() as sock:
         sock.sendall(b"POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n{}")
