@@ -33,8 +33,27 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def ensure_port_is_free(host: str, port: int) -> None:
+    """Fail if anything listens on host:port already.
+
+    SO_REUSEPORT would otherwise let us join another running server's group (same user) and
+    silently take half of its connections. A bind without SO_REUSEPORT fails on a live listener.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BindError(
+                exc.errno, f"cannot listen on {host}:{port}: {exc.strerror} (is another server using the port?)"
+            ) from None
+
+
 def slot_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` sockets in one reuseport group. Port 0 picks a free port, shared by the group."""
+    if port != 0:
+        ensure_port_is_free(host, port)
     first = reuseport_socket(host, port)
     sockets = [first]
     actual_port = first.getsockname()[1]
