@@ -324,7 +324,10 @@ class PublishApiProtocol(asyncio.Protocol):
         self._received_data = False
 
         self._queued_requests: deque[_Request] = deque()
-        self._publish_task: asyncio.Task[bytes] | None = None
+        # The Task serving requests while one of them awaits the publisher; see _serve_with_publisher.
+        self._serving_task: asyncio.Task[None] | None = None
+        self._unsent_output: list[bytes] = []
+        self._flush_scheduled = False
         # False once a request ended the connection (error, Connection: close, client EOF): later bytes
         # are discarded instead of parsed.
         self._accepting_requests = True
@@ -386,9 +389,11 @@ class PublishApiProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._peer_sent_eof = True
         self._accepting_requests = False
-        if self._closing or (not self._queued_requests and self._publish_task is None):
-            return False  # let the transport close itself
-        # Keep the write side open: requests that arrived before the EOF still get their responses.
+        if self._closing:
+            return False  # our side is done too: let the transport close itself
+        if not self._queued_requests and self._serving_task is None:
+            self._end_connection()  # after writing out the responses still waiting for the flush
+        # Otherwise keep the write side open: requests sent before the EOF still get their responses.
         return True
 
     def pause_writing(self) -> None:
@@ -449,8 +454,8 @@ class PublishApiProtocol(asyncio.Protocol):
                 raise _RequestRejected(417, f"unsupported Expect: {request.expect.decode('latin-1')!r}")
             # Only when it cannot overtake an earlier response; otherwise the client sends the body
             # anyway after its own timeout.
-            if not self._queued_requests and self._publish_task is None and self._transport is not None:
-                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not self._queued_requests and self._serving_task is None:
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         request = self._request_being_parsed
@@ -475,43 +480,75 @@ class PublishApiProtocol(asyncio.Protocol):
     # Serving -------------------------------------------------------------------------------------
 
     def _serve_queued_requests(self) -> None:
-        """Answer queued requests in order, until one has to wait for the publisher."""
-        while self._queued_requests and self._publish_task is None and not self._closing:
+        """Answer queued requests in order; at the first that must await the publisher, hand over to a Task."""
+        while self._queued_requests and self._serving_task is None and not self._closing:
             request = self._queued_requests.popleft()
-            try:
-                # While draining, end keep-alive connections after their current request so the
-                # backend's connection pool reconnects to a worker that is staying.
-                if request.keep_alive and not self._health():
-                    request.keep_alive = False
-                outcome = self._handle(request)
-            except Exception as error:
-                logger.exception("publish API: failed to handle %r", request.url)
-                outcome = _error_response(request, 500, f"internal error: {error!r}")
+            outcome = self._handle_safely(request)
             if isinstance(outcome, bytes):
                 self._send(request, outcome)
             else:
-                task = asyncio.get_running_loop().create_task(outcome)
-                task.add_done_callback(lambda done, request=request: self._on_publish_done(request, done))
-                self._publish_task = task
-        if self._peer_sent_eof and not self._queued_requests and self._publish_task is None:
+                self._serving_task = asyncio.get_running_loop().create_task(
+                    self._serve_with_publisher(request, outcome)
+                )
+        self._after_serving()
+
+    async def _serve_with_publisher(
+        self, request: _Request, outcome: bytes | Coroutine[Any, Any, bytes]
+    ) -> None:
+        """Serve `request`, then whatever is queued behind it, awaiting the publisher where needed."""
+        # One Task for a whole run of pipelined requests rather than one per publish: when the publisher
+        # answers without suspending (the common case), the run costs no extra loop iterations, and its
+        # responses leave in one write (see _send).
+        try:
+            while True:
+                if not isinstance(outcome, bytes):
+                    outcome = await outcome
+                if self._closing:
+                    return  # the client is gone; the publish happened but nobody is there to hear of it
+                self._send(request, outcome)
+                if not self._queued_requests or self._closing:
+                    return
+                request = self._queued_requests.popleft()
+                self._update_reading()
+                outcome = self._handle_safely(request)
+        finally:
+            self._serving_task = None
+            self._after_serving()
+
+    def _after_serving(self) -> None:
+        if self._peer_sent_eof and not self._queued_requests and self._serving_task is None:
             self._end_connection()
         self._update_reading()
 
-    def _on_publish_done(self, request: _Request, task: "asyncio.Task[bytes]") -> None:
-        self._publish_task = None
-        if self._closing:
-            return
-        if task.cancelled():
-            self._end_connection()
-            return
-        self._send(request, task.result())
-        self._serve_queued_requests()
+    def _handle_safely(self, request: _Request) -> bytes | Coroutine[Any, Any, bytes]:
+        try:
+            # While draining, end keep-alive connections after their current request so the backend's
+            # connection pool reconnects to a worker that is staying.
+            if request.keep_alive and not self._health():
+                request.keep_alive = False
+            return self._handle(request)
+        except Exception as error:
+            logger.exception("publish API: failed to handle %r", request.url)
+            return _error_response(request, 500, f"internal error: {error!r}")
 
     def _send(self, request: _Request, response: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(response)
+        self._write(response)
         if not request.keep_alive:
             self._end_connection()
+
+    def _write(self, data: bytes) -> None:
+        # Responses are collected and written once per loop iteration: a pipelined burst then costs one
+        # send() system call instead of one per response.
+        self._unsent_output.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._unsent_output and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._unsent_output))
+        self._unsent_output.clear()
 
     def _handle(self, request: _Request) -> bytes | Coroutine[Any, Any, bytes]:
         """Route one request: a complete response, or a coroutine producing it after publishing."""
@@ -610,6 +647,7 @@ class PublishApiProtocol(asyncio.Protocol):
         """Close after the responses already written, without letting a RST destroy them."""
         if self._closing or self._transport is None:
             return
+        self._flush()
         self._closing = True
         self._accepting_requests = False
         self._queued_requests.clear()
