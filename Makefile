@@ -38,5 +38,10 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Autobahn|Testsuite (without permessage-deflate) against a freshly started `wsd serve --echo-path`
+# (or tests/autobahn/echo_server.py before wsd has that flag); see docs/conformance.md.
+autobahn: install
+	$(PY) tests/autobahn/run_fuzzingclient.py --start-server auto
+
 clean:
 	rm -rf build *.egg-info ext/*.c ext/*.so $(VENV)
