@@ -8,6 +8,8 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from picows import WSMsgType
+from picows.picows import _make_test_ws_frame
 
 from server.ws_conformance import (
     CLOSE_INVALID_PAYLOAD,
@@ -20,6 +22,7 @@ from server.ws_conformance import (
     OPCODE_PING,
     OPCODE_PONG,
     OPCODE_TEXT,
+    EchoListener,
     Fail,
     Message,
     MessageAssembler,
@@ -318,3 +321,66 @@ def test_server_kwargs_disable_auto_pong_and_bound_frames_by_the_message_limit()
     kwargs = picows_server_kwargs(1 << 20)
     assert kwargs["enable_auto_pong"] is False
     assert kwargs["max_frame_size"] == 1 << 20
+
+
+# --- ConformingListener wiring, with a recording stand-in for picows' WSTransport ---
+
+
+class RecordingTransport:
+    def __init__(self):
+        self.sent: list[tuple] = []
+        self.is_close_frame_sent = False
+        self.is_disconnected = False
+
+    def send(self, msg_type, message):
+        self.sent.append(("send", int(msg_type), bytes(message)))
+
+    def send_pong(self, message):
+        self.sent.append(("pong", bytes(message)))
+
+    def send_close(self, close_code, close_message):
+        self.sent.append(("close", int(close_code), bytes(close_message)))
+        self.is_close_frame_sent = True
+
+    def disconnect(self):
+        self.sent.append(("disconnect",))
+        self.is_disconnected = True
+
+
+def connected_echo(max_message_size: int = 1 << 20) -> tuple[EchoListener, RecordingTransport]:
+    listener, transport = EchoListener(max_message_size), RecordingTransport()
+    listener.on_ws_connected(transport)
+    return listener, transport
+
+
+def deliver(listener, transport, opcode, payload=b"", fin=True, rsv1=False):
+    listener.on_ws_frame(transport, _make_test_ws_frame(WSMsgType(opcode), payload, fin, rsv1))
+
+
+def test_echo_listener_echoes_reassembled_messages_with_their_type_and_answers_pings():
+    listener, transport = connected_echo()
+    deliver(listener, transport, OPCODE_TEXT, b"he", fin=False)
+    deliver(listener, transport, OPCODE_PING, b"p")
+    deliver(listener, transport, OPCODE_CONTINUATION, b"llo")
+    deliver(listener, transport, OPCODE_BINARY, b"\x00")
+    assert transport.sent == [("pong", b"p"), ("send", OPCODE_TEXT, b"hello"), ("send", OPCODE_BINARY, b"\x00")]
+
+
+def test_listener_echoes_a_peer_close_code_then_disconnects_and_ignores_later_frames():
+    listener, transport = connected_echo()
+    deliver(listener, transport, OPCODE_CLOSE, close_payload(4000, b"bye"))
+    deliver(listener, transport, OPCODE_TEXT, b"late")
+    assert transport.sent == [("close", 4000, b""), ("disconnect",)]
+
+
+def test_listener_fails_a_ping_with_a_reserved_bit_instead_of_answering_it():
+    listener, transport = connected_echo()
+    deliver(listener, transport, OPCODE_PING, b"p", rsv1=True)
+    assert [entry[:2] for entry in transport.sent] == [("close", CLOSE_PROTOCOL_ERROR), ("disconnect",)]
+
+
+def test_listener_close_sends_one_close_frame():
+    listener, transport = connected_echo()
+    listener.close(1003, "binary not supported")
+    listener.close(1000)
+    assert transport.sent == [("close", 1003, b"binary not supported"), ("disconnect",)]
