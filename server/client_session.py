@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ext.hashing import channel_hash
 from picows import WSCloseCode, WSMsgType
 
+from ext.hashing import channel_hash
 from server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
     ErrorReply,

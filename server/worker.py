@@ -19,9 +19,9 @@ from typing import Any
 
 import picows
 import uvloop
-from ext.hashing import channel_hash
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from ext.hashing import channel_hash
 from server.bus.doorbell import Doorbells
 from server.bus.engine import BusEngine, BusError
 from server.bus.segment import Segment

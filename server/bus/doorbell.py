@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 
 from ext.atomics import exchange_u32, fence, store_u32
-
 from server.bus.segment import PENDING_FLAG_AT, Segment
 
 

@@ -31,7 +31,6 @@ from ext.record import (
     peek_msg_chan_hash,
     peek_pubreq_target,
 )
-
 from server.bus.segment import Segment
 
 log = logging.getLogger("wsd.bus")

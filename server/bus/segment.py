@@ -12,9 +12,8 @@ import struct
 from dataclasses import dataclass
 
 from ext.chantable import ChannelTable
-from ext.ring import Ring
-
 from ext.interest import InterestMap
+from ext.ring import Ring
 
 MAGIC = 0x3130474553445357  # b"WSDSEG01" little-endian
 MAX_SLOTS = 256
