@@ -36,6 +36,7 @@ setup(
         "setproctitle>=1.3",
         "httptools>=0.6",
         "orjson>=3.10",
+        "pyroute2>=0.9",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "websockets>=13", "ruff>=0.5"],
