@@ -187,6 +187,11 @@ def make_front(mode: str, backend_kind: str, drain_window_s: float = 4.0):
 
 
 @pytest.fixture(params=MODES)
+def standin_drain_front(request):
+    yield from make_front(request.param, "standin")
+
+
+@pytest.fixture(params=MODES)
 def front(request):
     """A lab with three real `wsd serve` backends (the stand-in when wsd is not available)."""
     kind = os.environ.get("WSD_BALANCER_TEST_BACKEND") or ("wsd" if wsd_serve_available() else "standin")
