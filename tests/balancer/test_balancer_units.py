@@ -101,3 +101,15 @@ def test_route_key_is_read_from_the_handshake_path():
     head = b"GET /ws?room=123&x=1 HTTP/1.1\r\nHost: a\r\n\r\n"
     assert route_key_of(head, "room") == "123"
     assert route_key_of(head, "user") is None
+
+
+def test_status_table_shows_health_share_and_changes():
+    from balancer.admin import format_status
+
+    text = format_status({
+        "mode": "nft", "vip": "10.99.0.1:8080", "uptime_s": 3.0, "health_rounds": 3,
+        "backends": [{"backend": "10.0.0.1:8080", "health": "down", "in_table": False, "share": 0.0,
+                      "why": "ConnectionRefusedError"}],
+        "changes": [{"at": 0.0, "backend": "10.0.0.1:8080", "event": "removed", "reason": "healthz failed 2x"}],
+    })
+    assert "10.0.0.1:8080" in text and "removed" in text and "ConnectionRefusedError" in text
