@@ -41,7 +41,10 @@ def serve_parser() -> argparse.ArgumentParser:
     add("--echo-path", metavar="PATH", help="also serve a WebSocket echo endpoint at PATH (for Autobahn)")
     add("--ring-size", type=int, help="bytes of shared-memory bus ring per worker (power of two)")
     add("--channel-table-slots", type=int, help="channels each worker can sequence (power of two)")
-    add("--stop-timeout", type=float, help="seconds a graceful stop may take (default 10)")
+    add("--stop-timeout", type=float, help="seconds a graceful stop (SIGINT, ctl stop) may take (default 10)")
+    add("--drain-window", type=float, help="seconds over which SIGTERM and reload spread client closes (default 30)")
+    add("--history-size", type=int, help="messages kept per channel for resume (default 100)")
+    add("--history-ttl", type=float, help="seconds a message stays available for resume (default 300)")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     return parser
 
@@ -70,7 +73,7 @@ def serve(argv: list[str]) -> int:
     from server.supervisor import Supervisor
 
     try:
-        return Supervisor(config).run()
+        return Supervisor(config, config_file, {k: v for k, v in args.items() if v is not None}).run()
     except (BindError, AdminSocketError) as exc:
         print(f"wsd serve: {exc.strerror if isinstance(exc, BindError) else exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSMsgType
 
+from ext.frames import msg_frame
 from ext.hashing import channel_hash
 from server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
@@ -86,7 +87,21 @@ class ClientSession(ConformingListener):
             epoch, offset = self.worker.subscribe(self, request.channel)
         else:
             epoch, offset = self.worker.channel_position(request.channel)
-        self.send_text(ok_reply(request.id, off=offset, epoch=epoch))
+        worker_slot = self.worker.slot
+        if request.since is None:
+            self.send_text(ok_reply(request.id, off=offset, epoch=epoch, worker=worker_slot))
+            return
+        # Resume: the missed messages, then (from the bus) live ones. Nothing else runs between
+        # here and the last replayed frame, so no live message can slip in between.
+        since_off, since_epoch = request.since
+        missed = None
+        if since_epoch == epoch:
+            missed = self.worker.history(request.channel, epoch, since_off, offset)
+        self.send_text(ok_reply(request.id, off=offset, epoch=epoch, recovered=missed is not None, worker=worker_slot))
+        if missed:
+            channel = request.channel.encode()
+            for off, data in missed:
+                self.raw.write(msg_frame(channel, off, data))
 
     def drop_subscriptions(self) -> None:
         if self.channels:

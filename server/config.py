@@ -39,6 +39,9 @@ class Config:
     ring_size: int = 64 * 1024 * 1024  # bytes of shared-memory ring per worker (power of two)
     channel_table_slots: int = 1 << 18  # channels each worker can sequence
     stop_timeout: float = 10.0  # seconds a graceful stop may take before workers are killed
+    drain_window: float = 30.0  # seconds over which a drain (SIGTERM, reload) spreads its closes
+    history_size: int = 100  # messages kept per channel for resume
+    history_ttl: float = 300.0  # seconds a message stays available for resume
     log_level: str = "info"
 
     def validate(self) -> None:
@@ -71,6 +74,12 @@ class Config:
             raise ConfigError(f"echo_path {self.echo_path!r} collides with a built-in path")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.drain_window < 0:
+            raise ConfigError(f"drain_window must be >= 0 seconds, got {self.drain_window}")
+        if self.history_size < 0:
+            raise ConfigError(f"history_size must be >= 0, got {self.history_size}")
+        if self.history_ttl < 0:
+            raise ConfigError(f"history_ttl must be >= 0 seconds, got {self.history_ttl}")
         if self.stop_timeout <= 0:
             raise ConfigError(f"stop_timeout must be positive, got {self.stop_timeout}")
 

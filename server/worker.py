@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -45,7 +46,8 @@ RESUME_ACCEPTING_AT = 0.95  # of the connection limit
 
 class Worker:
     def __init__(self, spec: dict[str, Any]):
-        self.slot: int = spec["slot"]
+        self.slot: int = spec["slot"]  # the socket slot: which listening sockets
+        self.bus_slot: int = spec["bus_slot"]  # where this process writes on the bus
         self.config = Config(**spec["config"])
         self.connection_limit: int = spec["connection_limit"]
         self.run_id: str = spec["run_id"]
@@ -56,13 +58,17 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: set[ClientSession] = set()
         self.subscribers = SubscriberIndex(self.config.write_buffer_limit, self._cut_off_slow_reader)
+        self.own_segment = self.segments[self.bus_slot]
         self.doorbells = Doorbells(self.run_id, self.bell_socket, self.segments)
-        self.bus = BusEngine(self.slot, self.segments, self._deliver, self._acknowledge, self.doorbells.ring)
+        self.bus = BusEngine(
+            self.bus_slot, self.segments, self._deliver, self._acknowledge, self.doorbells.ring, role=spec["role"]
+        )
         # token -> (future for the API, or (session, request id) for a client), timeout handle
         self.pending: dict[int, tuple[Any, asyncio.TimerHandle]] = {}
         self.ws_server: asyncio.Server | None = None
         self.accepting = False
-        self.stopping = False
+        self.stopping = False  # refusing new sessions: stopping or draining
+        self.drain: Drain | None = None
         self.msgs_in = 0
         self.slow_disconnects = 0
         self.handshakes_refused = 0
@@ -73,15 +79,22 @@ class Worker:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.bell_socket.fileno(), self._on_doorbell)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self._on_stop_signal)
+        self.loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
+        self.loop.add_signal_handler(signal.SIGTERM, self._on_drain_signal, False)
+        self.loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
         await self._start_accepting()
         api_factory = make_api_protocol_factory(self, health=lambda: not self.stopping)
         self.api_server = await start_api_server(self.loop, self.api_socket, api_factory)
         self.stopped = self.loop.create_future()
         self.loop.call_later(TICK_S, self._tick)
         self._write_stats()
-        log.info("worker %d serving (pid %d, up to %d connections)", self.slot, os.getpid(), self.connection_limit)
+        role = self.bus.role
+        duty = f"sequencing role {role}" if role is not None else "stand-by until its predecessor exits"
+        log.info(
+            "worker %d serving (pid %d, bus slot %d, %s, up to %d connections)",
+            self.slot, os.getpid(), self.bus_slot, duty, self.connection_limit,
+        )  # fmt: skip
         self.bus.poll()
         await self.stopped
 
@@ -102,9 +115,13 @@ class Worker:
         log.warning("worker %d stopped accepting: %s", self.slot, reason)
 
     def _on_stop_signal(self) -> None:
-        if self.stopping:
+        """SIGINT: a quick graceful stop, clients closed with 1001; a second one exits at once."""
+        if self.stopping and self.drain is None:
             log.warning("worker %d: second stop signal, exiting now", self.slot)
             os._exit(1)
+        if self.drain is not None:
+            self.drain.finish_now("stop requested")
+            return
         self.stopping = True
         log.info("worker %d stopping: closing %d clients with 1001", self.slot, len(self.sessions))
         if self.ws_server is not None:
@@ -113,10 +130,33 @@ class Worker:
         self.accepting = False
         for session in list(self.sessions):
             session.close(WSCloseCode.GOING_AWAY, "server shutting down")
-        self.loop.create_task(self._finish_stop())
+        self.loop.create_task(self._finish_stop(self.config.stop_timeout))
 
-    async def _finish_stop(self) -> None:
-        deadline = time.monotonic() + self.config.stop_timeout
+    def _on_drain_signal(self, hand_over: bool) -> None:
+        """SIGTERM: drain (stay reachable, refuse new sessions with 503, close clients with 1012
+        spread over the window). SIGUSR1: the same, but stop accepting at once: a new process
+        on this slot's socket takes the new connections (rolling reload). Again: finish now."""
+        if self.drain is not None:
+            self.drain.finish_now("second drain request")
+            return
+        window = self.own_segment.drain_window_s() or self.config.drain_window
+        self.stopping = True
+        if hand_over and self.ws_server is not None:
+            self.ws_server.close()
+            self.ws_server = None
+            self.accepting = False
+        self.drain = Drain(self, window, hand_over)
+        self._write_stats()
+
+    def _on_take_role_signal(self) -> None:
+        role = self.own_segment.role_to_take()
+        if role is None or self.bus.role is not None:
+            return
+        self.bus.take_role(role)
+        log.info("worker %d took over sequencing role %d", self.slot, role)
+
+    async def _finish_stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.api_server.close()
@@ -129,10 +169,15 @@ class Worker:
     def _route(self, request: WSUpgradeRequest) -> Any:
         path = request.path.split(b"?", 1)[0]
         if path == b"/ws":
-            if self.stopping:
+            # A hand-over drain still serves handshakes that reached this process: its successor
+            # takes all new connections, and refusing these would fail them.
+            if self.stopping and not (self.drain is not None and self.drain.hand_over):
                 self.handshakes_refused += 1
                 return WSUpgradeResponseWithListener(
-                    WSUpgradeResponse.create_error_response(503, b"shutting down\n", {"Retry-After": "1"}), None
+                    WSUpgradeResponse.create_error_response(
+                        503, b"draining: reconnect to another server\n", {"Retry-After": "1"}
+                    ),
+                    None,
                 )
             # The worker's slot in a response header: tests and operators see where a client landed.
             return WSUpgradeResponseWithListener(
@@ -142,7 +187,10 @@ class Worker:
         if path == b"/healthz":
             if self.stopping:
                 return WSUpgradeResponseWithListener(
-                    WSUpgradeResponse.create_error_response(503, b"stopping\n"), None
+                    WSUpgradeResponse.create_error_response(
+                        503, b"draining\n", {"Retry-After": "1", "X-Wsd-Clients": str(len(self.sessions))}
+                    ),
+                    None,
                 )
             return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(b"ok"), None)
         if self.config.echo_path is not None and path == self.config.echo_path.encode():
@@ -156,6 +204,8 @@ class Worker:
 
     def session_opened(self, session: ClientSession) -> None:
         self.sessions.add(session)
+        if self.drain is not None:
+            self.drain.add(session)
         if self.accepting and len(self.sessions) >= self.connection_limit:
             self._stop_accepting(f"{len(self.sessions)} connections reached the limit {self.connection_limit}")
 
@@ -204,6 +254,10 @@ class Worker:
         chan_hash = channel_hash(channel.encode())
         if self.subscribers.remove(chan_hash, session.raw):
             self.bus.unsubscribe(channel)
+
+    def history(self, channel: str, epoch: int, after: int, upto: int) -> list[tuple[int, bytes]] | None:
+        not_before_ns = time.time_ns() - int(self.config.history_ttl * 1e9)
+        return self.bus.history(channel, epoch, after, upto, self.config.history_size, not_before_ns)
 
     def channel_position(self, channel: str) -> tuple[int, int]:
         tracked = self.bus.tracked.get(channel_hash(channel.encode()))
@@ -287,11 +341,11 @@ class Worker:
         self.bus.poll()
 
     def _on_doorbell(self) -> None:
-        self.doorbells.acknowledge(self.slot)
+        self.doorbells.acknowledge(self.bus_slot)
         self.bus.poll()
 
     def _tick(self) -> None:
-        self.doorbells.acknowledge(self.slot)
+        self.doorbells.acknowledge(self.bus_slot)
         self.bus.poll()
         now = time.monotonic()
         if now - getattr(self, "_stats_at", 0.0) >= STATS_EVERY_S:
@@ -300,9 +354,12 @@ class Worker:
         self.loop.call_later(TICK_S, self._tick)
 
     def _write_stats(self) -> None:
-        self.segments[self.slot].write_stats(
+        drain = self.drain
+        self.own_segment.write_stats(
             {
                 "pid": os.getpid(),
+                "draining": int(drain is not None),
+                "drain_remaining": len(self.sessions) if drain is not None else 0,
                 "heartbeat_ns": time.time_ns(),
                 "connections": len(self.sessions),
                 "max_connections": self.connection_limit,
@@ -318,6 +375,65 @@ class Worker:
                 "handshakes_refused": self.handshakes_refused,
             }
         )
+
+
+class Drain:
+    """Close a worker's clients with 1012 spread evenly over a window, then stop the worker.
+
+    Never all at once: a reconnect storm is what takes the next server down. Each tick closes as
+    many sessions as the elapsed share of the window says; clients that still arrive (in-flight
+    handshakes during a hand-over) join the queue. When the window runs out, or on a second
+    request, whoever is left gets 1001 and the worker stops.
+    """
+
+    TICK_S = 0.02
+
+    def __init__(self, worker: Worker, window_s: float, hand_over: bool):
+        self.worker = worker
+        self.window_s = max(window_s, 0.0)
+        self.hand_over = hand_over
+        self.started = time.monotonic()
+        self.queue = list(worker.sessions)
+        random.shuffle(self.queue)
+        self.next_index = 0
+        self._last_logged_tenth = 0
+        log.info(
+            "worker %d draining %d clients over %gs (%s)", worker.slot, len(self.queue), self.window_s,
+            "hand-over to a new process" if hand_over else "/healthz and new handshakes answer 503",
+        )  # fmt: skip
+        self._timer = worker.loop.call_soon(self._tick)
+
+    def add(self, session: ClientSession) -> None:
+        self.queue.append(session)
+
+    def _tick(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.window_s:
+            self.finish_now("drain window over")
+            return
+        due = min(len(self.queue), int(len(self.queue) * elapsed / self.window_s) + 1)
+        while self.next_index < due:
+            session = self.queue[self.next_index]
+            self.next_index += 1
+            session.close(WSCloseCode.SERVICE_RESTART, "server restarting: reconnect")
+        tenth = int(10 * elapsed / self.window_s)
+        if tenth > self._last_logged_tenth:
+            self._last_logged_tenth = tenth
+            log.info(
+                "worker %d drain %d%%: %d clients left", self.worker.slot, 10 * tenth, len(self.worker.sessions)
+            )
+        # Keep answering 503 until the window ends, even with no client left: the front needs
+        # time to see /healthz fail.
+        self._timer = self.worker.loop.call_later(self.TICK_S, self._tick)
+
+    def finish_now(self, reason: str) -> None:
+        self._timer.cancel()
+        left = self.queue[self.next_index :]
+        self.next_index = len(self.queue)
+        log.info("worker %d drain ends (%s): closing %d clients with 1001", self.worker.slot, reason, len(left))
+        for session in left:
+            session.close(WSCloseCode.GOING_AWAY, "server stopping")
+        self.worker.loop.create_task(self.worker._finish_stop(2.0))
 
 
 def main() -> int:

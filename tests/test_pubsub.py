@@ -120,7 +120,8 @@ async def _sub_pub_roundtrip(wsd, channel: str) -> None:
     async with connect(wsd.url) as sub, connect(wsd.url) as pub:
         await sub.send(json.dumps({"op": "sub", "ch": channel, "id": 1}))
         ok = json.loads(await sub.recv())
-        assert ok == {"op": "ok", "id": 1, "off": 0, "epoch": ok["epoch"]}
+        assert ok == {"op": "ok", "id": 1, "off": 0, "epoch": ok["epoch"], "worker": ok["worker"]}
+        assert ok["worker"] == int(sub.response.headers["X-Wsd-Worker"])
         assert isinstance(ok["epoch"], int) and ok["epoch"] > 0
         await pub.send(json.dumps({"op": "pub", "ch": channel, "data": {"hello": [1, 2]}, "id": 7}))
         assert json.loads(await pub.recv()) == {"op": "ok", "id": 7, "off": 1}

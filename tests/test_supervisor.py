@@ -86,7 +86,7 @@ def test_graceful_stop_closes_clients_with_1001_and_exits_zero(wsd_factory):
 
     async def scenario():
         clients = [await connect(wsd.url) for _ in range(10)]
-        wsd.signal(signal.SIGTERM)
+        wsd.signal(signal.SIGINT)
         codes = []
         for ws in clients:
             try:

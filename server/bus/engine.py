@@ -1,13 +1,25 @@
-"""The bus engine of one worker: sequencing, publishing, reading every ring, interest bookkeeping.
+"""The bus engine of one worker process: sequencing, publishing, reading every ring, interest,
+history.
 
-Free of sockets and event loops except through two callbacks, so the ordering rules can be tested
-with several engines in one process. The rules:
-  * a channel's owner (`channel_hash % workers`) gives it offsets 1, 2, 3... and appends each
-    message to its own ring; nobody else writes that channel;
-  * every engine reads every ring in order; it hands a message to its deliver callback only for
-    channels it tracks (has local subscribers for), once, in offset order;
-  * a slot marks the channels it tracks in its interest map, and an owner rings a slot's doorbell
-    only for messages that slot may want, or to acknowledge that slot's publish request.
+Two kinds of identity:
+  * a *bus slot* is where a process writes: its ring, interest map, doorbell and stats. There are
+    twice as many bus slots as workers, so during a rolling reload a new process can join while
+    the one it replaces still drains its clients.
+  * a *role* r (0 <= r < workers) is the right to sequence the channels with
+    `channel_hash % workers == r`. Exactly one process holds a role at a time; the role's channel
+    table and read cursors live in segment r, so the next holder continues where the last stopped.
+
+The rules:
+  * the holder of a channel's role gives it offsets 1, 2, 3... and appends each message to its
+    own ring; every MSG records where the channel's previous message is (the history chain);
+  * a publish elsewhere is a PUBREQ in the publisher's ring, addressed to the role;
+  * every engine reads every ring in order and delivers only the channels it tracks (has local
+    subscribers for), once, in offset order;
+  * a process marks the channels it tracks in its interest map; a holder rings a process's
+    doorbell only for messages it may want, or to acknowledge its publish request.
+
+Free of sockets and event loops except through callbacks, so the ordering rules can be tested with
+several engines in one process.
 """
 
 from __future__ import annotations
@@ -37,104 +49,132 @@ log = logging.getLogger("wsd.bus")
 
 NO_POSITION = (1 << 64) - 1
 NO_SLOT = 0xFFFF
+_POSITION_BITS = 56  # a chain position is (bus slot << 56) | position in that slot's ring
+_POSITION_MASK = (1 << _POSITION_BITS) - 1
 
 # deliver(chan_hash, channel, epoch, offset, data_json, ts_ns)
 DeliverCallback = Callable[[int, bytes, int, int, bytes, int], None]
-# acknowledge(token, offset or an exception)
-AckCallback = Callable[[int, "int | Exception"], None]
+# acknowledge(token, offset)
+AckCallback = Callable[[int, int], None]
 
 
 class BusError(RuntimeError):
-    """A publish could not be sequenced (for example the owner's channel table is full)."""
+    """A publish could not be sequenced (for example the channel table is full)."""
 
 
 @dataclass(slots=True)
 class Tracked:
-    """A channel this worker has local subscribers for: the last offset it has delivered."""
+    """A channel this process has local subscribers for: the last offset it has delivered."""
 
     epoch: int
     offset: int
     refs: int
 
 
+def chain_position(bus_slot: int, position: int) -> int:
+    return (bus_slot << _POSITION_BITS) | position
+
+
 class BusEngine:
     def __init__(
         self,
-        slot: int,
+        bus_slot: int,
         segments: list[Segment],
         deliver: DeliverCallback,
         acknowledge: AckCallback,
         ring_doorbell: Callable[[int], None],
+        role: int | None = None,
     ):
-        self.slot = slot
+        self.bus_slot = bus_slot
         self.segments = segments
-        self.workers = len(segments)
-        self.own = segments[slot]
+        self.roles = segments[0].workers
+        self.own = segments[bus_slot]
         self.deliver = deliver
         self.acknowledge = acknowledge
         self.ring_doorbell = ring_doorbell
+        self.role: int | None = None
         self.tracked: dict[int, Tracked] = {}
         self._bucket_refs: dict[int, int] = {}
         self._buckets = self.own.layout.interest_buckets
-        # Tokens carry a random incarnation prefix so acks meant for a previous incarnation of
-        # this slot (still in the rings after a respawn) never match a new request.
+        # Tokens carry a random incarnation prefix so acks meant for an earlier process on this
+        # bus slot (still in the rings) never match a new request.
         self._token_prefix = int.from_bytes(os.urandom(4), "little") << 32
         self._token_counter = 0
         self.pending_tokens: set[int] = set()
         self._to_ring: set[int] = set()
-        self.cursors = [self.own.cursor(s) for s in range(self.workers)]
+        # A process without a role starts reading at the present: it has no subscribers yet.
+        self.cursors = [segment.ring.commit for segment in segments]
         self.overruns = 0
         self.lost_bytes = 0
         self.gaps = 0
-        self._repair_own_table()
-        # Interest is in-process state: a new incarnation starts with none.
+        # Interest is in-process state: a new process on this bus slot starts with none.
         self.own.interest.clear_all()
+        if role is not None:
+            self.take_role(role)
 
-    # -- ownership and sequencing --
+    # -- roles and sequencing --
 
-    def owner_of(self, chan_hash: int) -> int:
-        return chan_hash % self.workers
+    def role_of(self, chan_hash: int) -> int:
+        return chan_hash % self.roles
 
-    def _repair_own_table(self) -> None:
-        """After a crash between appending a message and updating the table, trust the ring."""
-        ring, table = self.own.ring, self.own.table
-        position = self.cursors[self.slot]
-        while True:
-            entries, position, _lost = ring.read(position, 4096)
-            if not entries:
-                break
-            for entry_position, tag, payload in entries:
-                if tag != TAG_MSG:
-                    continue
-                msg = decode_msg(payload)
-                current = table.get(msg.chan_hash)
-                if current is None or (current[0] == msg.epoch and current[1] < msg.off):
-                    table.put(msg.chan_hash, msg.epoch, msg.off, entry_position, msg.ts_ns)
+    def take_role(self, role: int) -> None:
+        """Become the sequencer of `role`, continuing exactly where its last holder stopped."""
+        role_segment = self.segments[role]
+        # Deliver everything up to now first (still without the role), then go back to where the
+        # last holder stopped: publish requests it had not handled are handled now, exactly once;
+        # the deliveries re-read on the way are skipped by offset.
+        self.poll()
+        self.role = role
+        self.cursors = [role_segment.cursor(slot) for slot in range(len(self.segments))]
+        self._repair_role_table()
+        role_segment.set_role_holder(self.bus_slot)
+        fence()
+        self.poll()
+
+    def _repair_role_table(self) -> None:
+        """After a crash between appending a message and updating the table, trust the rings."""
+        table = self.segments[self.role].table
+        for slot, segment in enumerate(self.segments):
+            position = self.cursors[slot]
+            while True:
+                entries, position, _lost = segment.ring.read(position, 4096)
+                if not entries:
+                    break
+                for entry_position, tag, payload in entries:
+                    if tag != TAG_MSG or self.role_of(peek_msg_chan_hash(payload)) != self.role:
+                        continue
+                    msg = decode_msg(payload)
+                    current = table.get(msg.chan_hash)
+                    if current is None or (current[0] == msg.epoch and current[1] < msg.off):
+                        table.put(msg.chan_hash, msg.epoch, msg.off, chain_position(slot, entry_position), msg.ts_ns)
 
     def _sequence(self, chan_hash: int, channel: bytes, data: bytes, origin: int, token: int, ts_ns: int) -> int:
-        table = self.own.table
+        table = self.segments[self.role].table
         current = table.get(chan_hash)
         if current is None:
-            epoch, last_off, last_pos = self.own.epoch, 0, NO_POSITION
+            epoch, last_off, last_pos = self.segments[self.role].epoch, 0, NO_POSITION
         else:
             epoch, last_off, last_pos, _ts = current
         offset = last_off + 1
         record = encode_msg(epoch, origin, offset, last_pos, ts_ns, token, chan_hash, channel, data)
         position = self.own.ring.append(TAG_MSG, record)
-        table.put(chan_hash, epoch, offset, position, ts_ns)
-        if origin != NO_SLOT and origin != self.slot:
+        table.put(chan_hash, epoch, offset, chain_position(self.bus_slot, position), ts_ns)
+        if origin != NO_SLOT and origin != self.bus_slot:
             self._to_ring.add(origin)
         return offset
 
     def _ring_interested(self, chan_hashes: set[int]) -> None:
-        """Wake the slots that may want these channels (after a fence: see subscribe())."""
+        """Wake the processes that may want these channels (after a fence: see subscribe())."""
         fence()
-        for slot in range(self.workers):
-            if slot == self.slot or slot in self._to_ring:
+        for slot, segment in enumerate(self.segments):
+            if slot == self.bus_slot or slot in self._to_ring:
                 continue
-            interest = self.segments[slot].interest
+            interest = segment.interest
             if any(interest.test(h) for h in chan_hashes):
                 self._to_ring.add(slot)
+        self._flush_doorbells()
+
+    def _flush_doorbells(self) -> None:
         for slot in self._to_ring:
             self.ring_doorbell(slot)
         self._to_ring.clear()
@@ -142,12 +182,12 @@ class BusEngine:
     # -- publishing --
 
     def publish(self, channel: str, data_json: bytes) -> tuple[int, int]:
-        """Publish; returns (offset, 0) when this slot owns the channel, else (0, token) to await."""
+        """Publish; returns (offset, 0) when this process sequences the channel, else (0, token)."""
         name = channel.encode()
         chan_hash = channel_hash(name)
-        owner = self.owner_of(chan_hash)
+        role = self.role_of(chan_hash)
         now = time.time_ns()
-        if owner == self.slot:
+        if role == self.role:
             try:
                 offset = self._sequence(chan_hash, name, data_json, NO_SLOT, 0, now)
             except TableFullError as exc:
@@ -157,8 +197,10 @@ class BusEngine:
         self._token_counter += 1
         token = self._token_prefix | self._token_counter
         self.pending_tokens.add(token)
-        self.own.ring.append(TAG_PUBREQ, encode_pubreq(owner, self.slot, token, now, chan_hash, name, data_json))
-        self.ring_doorbell(owner)
+        self.own.ring.append(TAG_PUBREQ, encode_pubreq(role, self.bus_slot, token, now, chan_hash, name, data_json))
+        holder = self.segments[role].role_holder()
+        if holder is not None:
+            self.ring_doorbell(holder)  # with no holder (a hand-over), the next one polls at once
         return 0, token
 
     def forget_token(self, token: int) -> None:
@@ -170,7 +212,7 @@ class BusEngine:
         """Start tracking a channel (or add a reference); returns its (epoch, current offset).
 
         Every message after the returned offset will be delivered. Ordering: mark interest, fence,
-        then read the owner's table and catch up on its ring. The owner appends, fences, then reads
+        then read the role's table and catch up on the rings. A holder appends, fences, then reads
         interest; so either it sees our mark and rings us, or our catch-up sees its message.
         """
         chan_hash = channel_hash(channel.encode())
@@ -184,14 +226,14 @@ class BusEngine:
         if refs == 0:
             self.own.interest.mark(chan_hash, True)
         fence()
-        owner = self.owner_of(chan_hash)
-        current = self.segments[owner].table.get(chan_hash)
+        role_segment = self.segments[self.role_of(chan_hash)]
+        current = role_segment.table.get(chan_hash)
         if current is None:
-            tracked = Tracked(self.segments[owner].epoch, 0, 1)
+            tracked = Tracked(role_segment.epoch, 0, 1)
         else:
             tracked = Tracked(current[0], current[1], 1)
         self.tracked[chan_hash] = tracked
-        self.poll_ring(owner)
+        self.poll()
         return tracked.epoch, tracked.offset
 
     def unsubscribe(self, channel: str) -> None:
@@ -211,6 +253,46 @@ class BusEngine:
             del self._bucket_refs[bucket]
             self.own.interest.mark(chan_hash, False)
 
+    # -- history --
+
+    def history(
+        self, channel: str, epoch: int, after: int, upto: int, max_count: int, not_before_ns: int
+    ) -> list[tuple[int, bytes]] | None:
+        """The messages after..upto (exclusive, inclusive) of a channel, oldest first, or None if
+        history no longer reaches back that far (overwritten, over max_count, older than
+        not_before_ns, or another epoch)."""
+        if upto - after > max_count or after > upto:
+            return None
+        if after == upto:
+            return []
+        chan_hash = channel_hash(channel.encode())
+        current = self.segments[self.role_of(chan_hash)].table.get(chan_hash)
+        if current is None or current[0] != epoch:
+            return None
+        found: list[tuple[int, bytes]] = []
+        position = current[2]
+        expected = current[1]
+        while expected > after:
+            if position == NO_POSITION:
+                return None
+            slot, ring_position = position >> _POSITION_BITS, position & _POSITION_MASK
+            if slot >= len(self.segments):
+                return None
+            entry = self.segments[slot].ring.read_at(ring_position)
+            if entry is None or entry[0] != TAG_MSG:
+                return None  # overwritten: history does not reach back
+            msg = decode_msg(entry[1])
+            if msg.chan_hash != chan_hash or msg.off != expected or msg.epoch != epoch:
+                return None
+            if msg.ts_ns < not_before_ns:
+                return None
+            if msg.off <= upto:
+                found.append((msg.off, msg.data))
+            position = msg.prev_pos
+            expected -= 1
+        found.reverse()
+        return found
+
     # -- reading the rings --
 
     def poll(self) -> int:
@@ -219,7 +301,7 @@ class BusEngine:
         # Sequencing appends to our own ring, so repeat until a pass finds nothing new.
         for _ in range(8):
             processed = 0
-            for slot in range(self.workers):
+            for slot in range(len(self.segments)):
                 processed += self.poll_ring(slot)
             total += processed
             if not processed:
@@ -231,16 +313,19 @@ class BusEngine:
         position = self.cursors[slot]
         processed = 0
         sequenced: set[int] = set()
+        role = self.role
         while True:
             entries, new_position, lost = ring.read(position, 1024)
             if lost:
                 self.overruns += 1
                 self.lost_bytes += lost
-                log.warning("bus overrun: slot %d fell %d bytes behind ring %d; skipped ahead", self.slot, lost, slot)
-            for entry_position, tag, payload in entries:
+                log.warning(
+                    "bus overrun: bus slot %d fell %d bytes behind ring %d; skipped ahead", self.bus_slot, lost, slot
+                )
+            for _position, tag, payload in entries:
                 if tag == TAG_MSG:
-                    self._on_msg(payload, entry_position)
-                elif tag == TAG_PUBREQ and slot != self.slot and peek_pubreq_target(payload) == self.slot:
+                    self._on_msg(payload)
+                elif tag == TAG_PUBREQ and role is not None and peek_pubreq_target(payload) == role:
                     request = decode_pubreq(payload)
                     try:
                         self._sequence(
@@ -256,32 +341,31 @@ class BusEngine:
                 break
         if position != self.cursors[slot]:
             self.cursors[slot] = position
-            # Persist so a respawned worker resumes publish requests addressed to it.
-            self.own.set_cursor(slot, position)
+            if role is not None:
+                # Persist, so the next holder of the role resumes the requests addressed to it.
+                self.segments[role].set_cursor(slot, position)
         if sequenced:
             self._ring_interested(sequenced)
         elif self._to_ring:
-            for target in self._to_ring:
-                self.ring_doorbell(target)
-            self._to_ring.clear()
+            self._flush_doorbells()
         return processed
 
-    def _on_msg(self, payload: bytes, position: int) -> None:
+    def _on_msg(self, payload: bytes) -> None:
         chan_hash = peek_msg_chan_hash(payload)
         tracked = self.tracked.get(chan_hash)
         if tracked is None and not self.pending_tokens:
             return
         msg = decode_msg(payload)
-        if msg.origin_slot == self.slot and msg.token in self.pending_tokens:
+        if msg.origin_slot == self.bus_slot and msg.token in self.pending_tokens:
             self.pending_tokens.discard(msg.token)
             self.acknowledge(msg.token, msg.off)
         if tracked is None:
             return
         if msg.epoch != tracked.epoch:
-            # The owner lost the channel's state and started a new epoch: follow it.
+            # The channel's state was lost and it started over in a new epoch: follow it.
             tracked.epoch = msg.epoch
         elif msg.off <= tracked.offset:
-            return  # already delivered (seen during a subscribe catch-up)
+            return  # already delivered (seen during a catch-up)
         elif msg.off != tracked.offset + 1:
             self.gaps += 1
             log.warning("gap on %r: expected offset %d, got %d", msg.channel, tracked.offset + 1, msg.off)
@@ -289,4 +373,4 @@ class BusEngine:
         self.deliver(chan_hash, msg.channel, msg.epoch, msg.off, msg.data, msg.ts_ns)
 
     def lag_bytes(self) -> int:
-        return sum(max(0, self.segments[s].ring.commit - self.cursors[s]) for s in range(self.workers))
+        return sum(max(0, segment.ring.commit - self.cursors[s]) for s, segment in enumerate(self.segments))

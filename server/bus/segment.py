@@ -22,8 +22,11 @@ HEADER_SIZE = 4096
 _MAGIC_AT, _SLOT_AT, _EPOCH_AT, _WORKERS_AT = 0, 8, 16, 24
 _RING_CAPACITY_AT, _TABLE_SLOTS_AT, _INTEREST_BUCKETS_AT = 32, 40, 48
 PENDING_FLAG_AT = 64  # doorbell coalescing flag, alone on its cache line
-_STATS_AT = 128  # 32 u64 counters written by the worker, read by the supervisor
-_CURSORS_AT = 512  # MAX_SLOTS u64: this slot's read position in every ring
+_STATS_AT = 128  # u64 counters written by the worker, read by the supervisor
+_ROLE_HOLDER_AT = 448  # role segments: bus slot + 1 of the process sequencing this role (0: none)
+_DRAIN_WINDOW_MS_AT = 456  # supervisor -> worker: the window for the next drain command
+_TAKE_ROLE_AT = 464  # supervisor -> worker: role + 1 to take over on the next take-role command
+_CURSORS_AT = 512  # role segments: the role holder's read position in every ring
 
 INTEREST_BUCKETS = 65536
 
@@ -133,7 +136,29 @@ class Segment:
     def read_stats(self) -> dict[str, int]:
         return dict(zip(STAT_FIELDS, struct.unpack_from(_STATS_FORMAT, self.map, _STATS_AT), strict=True))
 
-    # -- this slot's read cursors into every ring (persisted across respawns) --
+    # -- role segments: who sequences the role now --
+    def role_holder(self) -> int | None:
+        holder = struct.unpack_from("<Q", self.map, _ROLE_HOLDER_AT)[0]
+        return holder - 1 if holder else None
+
+    def set_role_holder(self, bus_slot: int | None) -> None:
+        struct.pack_into("<Q", self.map, _ROLE_HOLDER_AT, 0 if bus_slot is None else bus_slot + 1)
+
+    # -- commands from the supervisor to the process on this bus slot (then a signal) --
+    def drain_window_s(self) -> float:
+        return struct.unpack_from("<Q", self.map, _DRAIN_WINDOW_MS_AT)[0] / 1000.0
+
+    def set_drain_window_s(self, seconds: float) -> None:
+        struct.pack_into("<Q", self.map, _DRAIN_WINDOW_MS_AT, int(seconds * 1000))
+
+    def role_to_take(self) -> int | None:
+        role = struct.unpack_from("<Q", self.map, _TAKE_ROLE_AT)[0]
+        return role - 1 if role else None
+
+    def set_role_to_take(self, role: int | None) -> None:
+        struct.pack_into("<Q", self.map, _TAKE_ROLE_AT, 0 if role is None else role + 1)
+
+    # -- role segments: the role holder's read cursors into every ring (persisted across holders) --
     def cursor(self, ring_slot: int) -> int:
         return struct.unpack_from("<Q", self.map, _CURSORS_AT + 8 * ring_slot)[0]
 

@@ -8,6 +8,7 @@ respawned owner).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -20,17 +21,21 @@ from server.bus.segment import Segment, SegmentLayout
 
 
 class Cluster:
+    """`workers` roles, each held by the engine on the bus slot of the same number; twice as many
+    bus slots, as in wsd, so a test can add a stand-by engine on bus slot workers + n."""
+
     def __init__(self, workers: int, ring_capacity: int = 1 << 16):
         self.run_id = uuid.uuid4().hex[:8]
         layout = SegmentLayout(ring_capacity, 1024)
-        self.paths = [f"/dev/shm/wsd-test-{self.run_id}-slot{i}" for i in range(workers)]
+        self.paths = [f"/dev/shm/wsd-test-{self.run_id}-slot{i}" for i in range(2 * workers)]
         self.segments = [Segment.create(p, i, workers, 77, layout) for i, p in enumerate(self.paths)]
-        self.delivered: list[list[tuple[str, int, bytes]]] = [[] for _ in range(workers)]
-        self.acks: list[dict[int, int]] = [{} for _ in range(workers)]
+        self.delivered: list[list[tuple[str, int, bytes]]] = [[] for _ in range(2 * workers)]
+        self.acks: list[dict[int, int]] = [{} for _ in range(2 * workers)]
         self.doorbells: list[int] = []
-        self.engines = [self.start(i) for i in range(workers)]
+        self.workers = workers
+        self.engines = [self.start(i, role=i) for i in range(workers)]
 
-    def start(self, slot: int) -> BusEngine:
+    def start(self, slot: int, role: int | None = None) -> BusEngine:
         segments = [Segment.attach(p) for p in self.paths]
 
         def deliver(_h, channel, _epoch, offset, data, _ts):
@@ -39,7 +44,7 @@ class Cluster:
         def acknowledge(token, offset):
             self.acks[slot][token] = offset
 
-        return BusEngine(slot, segments, deliver, acknowledge, self.doorbells.append)
+        return BusEngine(slot, segments, deliver, acknowledge, self.doorbells.append, role=role)
 
     def poll_all(self) -> None:
         for _ in range(3):
@@ -49,7 +54,7 @@ class Cluster:
     def channel_owned_by(self, slot: int, prefix: str = "ch") -> str:
         for n in range(10_000):
             name = f"{prefix}{n}"
-            if channel_hash(name.encode()) % len(self.engines) == slot:
+            if channel_hash(name.encode()) % self.workers == slot:
                 return name
         raise AssertionError("no channel found")
 
@@ -115,7 +120,7 @@ def test_pending_publish_survives_a_respawn_of_the_owner(cluster):
     c.engines[1].subscribe(channel)
     c.engines[0].publish(channel, b"before")
     c.engines[1].publish(channel, b"while-down")  # the owner is "down": nobody polls it
-    c.engines[0] = c.start(0)  # a fresh incarnation of slot 0 on the same segment
+    c.engines[0] = c.start(0, role=0)  # a fresh process on the same bus slot
     c.poll_all()
     assert [(off, data) for _, off, data in c.delivered[1]] == [(1, b"before"), (2, b"while-down")]
 
@@ -164,3 +169,59 @@ def test_every_subscriber_gets_each_message_once_in_offset_order(plan):
                 assert offsets == list(range(start + 1, start + 1 + published.get(name, 0)))
     finally:
         c.close()
+
+
+def test_rolling_hand_over_of_a_role_keeps_offsets_and_pending_requests(cluster):
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    c.engines[1].subscribe(channel)
+    c.engines[0].publish(channel, b"1")
+    standby = c.start(2)  # the new process for slot 0 joins on a spare bus slot, without a role
+    standby.subscribe(channel)
+    offset, token = standby.publish(channel, b"2")  # addressed to role 0, still held by the old one
+    assert offset == 0
+    c.engines[0].poll()  # the old holder sequences it
+    standby.publish(channel, b"3")  # pending while the old process exits
+    c.engines[0] = None
+    standby.take_role(0)  # the supervisor hands role 0 over once the old process is gone
+    assert standby.publish(channel, b"4") == (4, 0)
+    assert c.segments[0].role_holder() == 2
+    standby.poll()
+    c.engines[1].poll()
+    assert [(off, data) for _, off, data in c.delivered[1]] == [(1, b"1"), (2, b"2"), (3, b"3"), (4, b"4")]
+    assert [(off, data) for _, off, data in c.delivered[2]] == [(2, b"2"), (3, b"3"), (4, b"4")]
+    assert token in c.acks[2]
+
+
+def test_history_replays_across_rings_and_reports_what_is_gone(cluster):
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    for n in range(1, 6):
+        c.engines[0].publish(channel, str(n).encode())
+    standby = c.start(2)
+    c.engines[0] = None
+    standby.take_role(0)
+    for n in range(6, 9):
+        standby.publish(channel, str(n).encode())
+    reader = c.engines[1]
+    epoch, current = reader.subscribe(channel)
+    assert current == 8
+    history = reader.history(channel, epoch, 2, 8, 100, 0)
+    assert history == [(n, str(n).encode()) for n in range(3, 9)]
+    assert reader.history(channel, epoch, 0, 8, 5, 0) is None  # more than max_count
+    assert reader.history(channel, epoch + 1, 2, 8, 100, 0) is None  # another epoch
+    assert reader.history(channel, epoch, 2, 8, 100, time.time_ns() + 10**9) is None  # too old
+    assert reader.history(channel, epoch, 8, 8, 100, 0) == []
+
+
+def test_history_is_gone_once_the_ring_overwrote_it(cluster):
+    c = cluster(2, ring_capacity=1 << 14)
+    channel = c.channel_owned_by(0)
+    other = c.channel_owned_by(0, prefix="other")
+    c.engines[0].publish(channel, b"old")
+    for _ in range(300):
+        c.engines[0].publish(other, b'"' + b"x" * 100 + b'"')
+    c.engines[0].publish(channel, b"new")
+    epoch, current = c.engines[1].subscribe(channel)
+    assert c.engines[1].history(channel, epoch, 1, 2, 100, 0) == [(2, b"new")]
+    assert c.engines[1].history(channel, epoch, 0, 2, 100, 0) is None
