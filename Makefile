@@ -43,5 +43,9 @@ lint: install
 autobahn: install
 	$(PY) tests/autobahn/run_fuzzingclient.py --start-server auto
 
+# Fan-out benchmark: 10,000 subscribers on 2 workers, one publisher; writes bench/results/ (see bench/fanout.py).
+bench-fanout: install
+	$(PY) bench/fanout.py
+
 clean:
 	rm -rf build *.egg-info ext/*.c ext/*.so $(VENV)
