@@ -47,7 +47,7 @@ async function newClient(options = {}) {
   for (const type of ["connecting", "open", "closed", "subscribed", "resumed", "gap", "error"]) {
     client.addEventListener(type, (event) => events.push({ type, ...event.detail }));
   }
-  await tick(5);
+  while (FakeSocket.instances.length === 0) await tick(1);
   return { client, events, socket: () => FakeSocket.instances.at(-1) };
 }
 
