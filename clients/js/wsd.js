@@ -242,8 +242,8 @@ export class WsdClient extends EventTarget {
     if (socket) {
       this._detach(socket);
       socket.close(code, reason);
-      this._dispatch("closed", { code, reason, wasClean: true, reconnect: false });
     }
+    this._dispatch("closed", { code, reason, wasClean: true, reconnect: false });
   }
 
   /** The subscribed channels. */
