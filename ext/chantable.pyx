@@ -86,9 +86,13 @@ cdef class ChannelTable:
         _check_slots(slots)
         return HEADER_SIZE + slots * ENTRY_SIZE
 
-    def init(self) -> None:
-        """Write an empty table. Called once, by the segment's creator."""
-        memset(self._header, 0, C_HEADER_SIZE + self.slots * C_ENTRY_SIZE)
+    def init(self, already_zeroed: bool = False) -> None:
+        """Write an empty table. Called once, by the segment's creator.
+
+        `already_zeroed`: the memory is known to be zero (a new file), so only the header is
+        written; touching every entry would make each page of the table resident for nothing.
+        """
+        memset(self._header, 0, C_HEADER_SIZE if already_zeroed else C_HEADER_SIZE + self.slots * C_ENTRY_SIZE)
         memcpy(self._header + MAGIC_OFFSET, &C_TABLE_MAGIC, 8)
         memcpy(self._header + SLOTS_OFFSET, &self.slots, 8)
         wsd_fence_seq_cst()

@@ -65,11 +65,11 @@ class ChannelTable:
         check_slots(slots)
         return HEADER_SIZE + slots * ENTRY_SIZE
 
-    def init(self) -> None:
-        """Write an empty table. Called once, by the segment's creator."""
-        self._view[self._offset : self._offset + ChannelTable.region_size(self.slots)] = bytes(
-            ChannelTable.region_size(self.slots)
-        )
+    def init(self, already_zeroed: bool = False) -> None:
+        """Write an empty table. Called once, by the segment's creator (`already_zeroed`: only
+        the header needs writing, the memory is known to be zero)."""
+        size = HEADER_SIZE if already_zeroed else ChannelTable.region_size(self.slots)
+        self._view[self._offset : self._offset + size] = bytes(size)
         _U64.pack_into(self._view, self._offset + MAGIC_OFFSET, TABLE_MAGIC)
         _U64.pack_into(self._view, self._offset + SLOTS_OFFSET, self.slots)
 

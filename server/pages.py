@@ -35,6 +35,7 @@ def static_response(path: bytes, slot: int) -> WSUpgradeResponse | None:
     body = _read(route[0])
     if body is None:
         return None
-    return WSUpgradeResponse.create_ok_response(
-        body, {"Content-Type": route[1], "Cache-Control": "no-cache", "X-Wsd-Worker": str(slot)}
-    )
+    headers = {"Content-Type": route[1], "Cache-Control": "no-cache", "X-Wsd-Worker": str(slot)}
+    if route[0] == "wsd.js":
+        headers["Access-Control-Allow-Origin"] = "*"  # apps on other origins import the client
+    return WSUpgradeResponse.create_ok_response(body, headers)

@@ -188,7 +188,7 @@ class Worker:
             if self.stopping:
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(
-                        503, b"draining\n", {"Retry-After": "1", "X-Wsd-Clients": str(len(self.sessions))}
+                        503, b"draining\n", {"Retry-After": "1", "X-Wsd-Clients": str(self._server_connections())}
                     ),
                     None,
                 )
@@ -199,6 +199,16 @@ class Worker:
         if response is not None:
             return WSUpgradeResponseWithListener(response, None)
         return None  # picows answers 404
+
+    def _server_connections(self) -> int:
+        """Clients still connected to the whole server (a front removes a drained node at 0)."""
+        fresh_after = time.time_ns() - 2_000_000_000
+        total = 0
+        for segment in self.segments:
+            stats = segment.read_stats()
+            if stats["heartbeat_ns"] > fresh_after and stats["pid"]:
+                total += stats["connections"]
+        return total
 
     # -- sessions --
 

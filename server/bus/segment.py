@@ -110,8 +110,8 @@ class Segment:
             "<QQQ", mapping, _RING_CAPACITY_AT, layout.ring_capacity, layout.table_slots, layout.interest_buckets
         )
         segment = cls(path, mapping, layout)
-        segment.interest.clear_all()
-        segment.table.init()
+        # The file is new, hence zero: write headers only, so pages stay untouched until used.
+        segment.table.init(already_zeroed=True)
         segment.ring.init()
         return segment
 

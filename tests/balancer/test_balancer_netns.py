@@ -120,6 +120,10 @@ def test_draining_backend_gets_no_new_sessions_and_its_clients_move_without_rese
                 return await front.open_session(source_ip, timeout=2.0)
             except InvalidStatus as error:
                 assert error.response.status_code == 503
+            except ConnectionRefusedError:
+                # Real wsd exits when its drain window ends; until the front's health checks
+                # remove it, a flow hashed to it is refused, and the client retries (as wsd.js does).
+                await asyncio.sleep(0.1)
         raise AssertionError("could not reconnect through the VIP in 50 tries")
 
     async def scenario():
@@ -154,7 +158,9 @@ def test_draining_backend_gets_no_new_sessions_and_its_clients_move_without_rese
     assert "b1" not in hellos
     assert all(states), "a connection broke during the drain"
     status = front.status()
-    assert status["backends"][0]["health"] == "draining"
+    # Real wsd exits once its drain window is over, so by now it may be down rather than draining.
+    expected_health = ("draining",) if front.backend_kind == "standin" else ("draining", "down")
+    assert status["backends"][0]["health"] in expected_health
     events = [(change["backend"], change["event"]) for change in status["changes"]]
     assert (front.backend_names[0], "draining") in events
     # nft/proxy drop b1 from the table at once; ecmp keeps its buckets until it reports no clients
