@@ -66,7 +66,7 @@ class ResumingClient:
             except InvalidStatus as exc:
                 self.failed_handshakes.append(f"HTTP {exc.response.status_code}")
                 code = 1006
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 self.failed_handshakes.append(f"{type(exc).__name__}: {exc}")
                 code = 1006
             except ConnectionClosed as exc:

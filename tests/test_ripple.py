@@ -41,7 +41,7 @@ async def _handshake_loop(wsd, stop: asyncio.Event, results: dict) -> None:
             else:
                 results["failed"].append(f"HTTP {status}")
             writer.close()
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             results["failed"].append(f"{type(exc).__name__}: {exc}")
 
 
