@@ -42,7 +42,7 @@ from server.config import (
     per_worker_connection_limit,
     resolve_worker_count,
 )
-from server.listeners import slot_sockets
+from server.listeners import reuseport_socket, slot_sockets
 
 log = logging.getLogger("wsd.supervisor")
 
@@ -380,6 +380,7 @@ class Supervisor:
             slot.spawn_at = time.monotonic() + delay
             if slot.failed_runs >= CRASH_LOOP_RUNS:
                 slot.state = "crash-loop"
+                self._leave_reuseport_group(slot)
                 log.error(
                     "worker %d is crash-looping: %d runs in a row ended within %gs of starting (last: %s); "
                     "next attempt in %.1fs. Check the worker log lines above.",
@@ -423,7 +424,20 @@ class Supervisor:
             if slot.current is None and now >= slot.spawn_at and self.state == "running":
                 slot.current = self.spawn_worker(slot, standby=False)
 
+    def _leave_reuseport_group(self, slot: WorkerSlot) -> None:
+        """A crash-looping slot would leave its share of new connections waiting in its queue:
+        close its sockets so the kernel spreads them over the other workers meanwhile."""
+        if slot.ws_socket is None:
+            return
+        slot.ws_socket.close()
+        slot.api_socket.close()
+        slot.ws_socket = slot.api_socket = None
+        log.warning("worker %d: slot taken out of the listening group until a worker for it starts", slot.index)
+
     def spawn_worker(self, slot: WorkerSlot, standby: bool) -> WorkerProcess:
+        if slot.ws_socket is None:  # rejoin the reuseport group (see _leave_reuseport_group)
+            slot.ws_socket = reuseport_socket(self.config.host, self.port)
+            slot.api_socket = reuseport_socket(self.config.api_host, self.api_port)
         bus_slot = self._free_bus_slot(slot)
         role = None if standby or self._role_is_held(slot.index) else slot.index
         spec = {

@@ -178,3 +178,27 @@ def test_bad_config_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "unknown setting 'max_mesage_size'" in result.stderr
+
+
+def test_a_crash_loop_is_reported_clearly(wsd_factory):
+    import glob
+
+    wsd = wsd_factory(workers=2)
+    # Remove a bus segment the workers need: every new worker then fails at start-up.
+    segments = glob.glob(f"/dev/shm/wsd-{wsd.proc.pid}*-slot3")
+    assert len(segments) == 1, segments
+    os.unlink(segments[0])
+    os.kill(wsd.worker_pids()[1], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        worker = wsd.status()["workers"][1]
+        if worker["state"] == "crash-loop":
+            break
+        time.sleep(0.2)
+    assert worker["state"] == "crash-loop", worker
+    assert "is crash-looping" in wsd.read_log()
+    assert "crash-loop" in wsd.ctl("status").stdout
+    # The slot left the listening group: every new connection reaches the worker that is up.
+    time.sleep(0.5)
+    if wsd.status()["workers"][1]["state"] == "crash-loop":  # not in the middle of a new attempt
+        assert [wsd.http_get("/healthz")[0] for _ in range(20)] == [200] * 20
