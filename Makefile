@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(wildcard ext/*.pyx ext/*.pxd)
 
-.PHONY: run test install lint clean autobahn bench-fanout system-deps
+.PHONY: run test install lint clean autobahn bench-fanout bench-connections system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ autobahn: install
 # Fan-out benchmark: 10,000 subscribers on 2 workers, one publisher; writes bench/results/ (see bench/fanout.py).
 bench-fanout: install
 	$(PY) bench/fanout.py
+
+# Connection benchmark: N idle WebSocket clients from Locust (distributed), memory per connection,
+# handshake rate, broadcasts to all N; writes bench/results/ (see bench/connections.py). Holds the
+# shared benchmark lock so its figures never overlap another measurement on this box.
+N ?= 200000
+bench-connections: install
+	flock /tmp/wsd-bench.lock $(PY) bench/connections.py --connections $(N)
 
 clean:
 	rm -rf build *.egg-info ext/*.c ext/*.so $(VENV)

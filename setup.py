@@ -39,7 +39,10 @@ setup(
         "pyroute2>=0.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "websockets>=13", "ruff>=0.5"],
+        "test": [
+            "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "websockets>=13", "ruff>=0.5",
+            "locust>=2.40", "matplotlib>=3.8",  # bench/locustfile.py and the plot of bench/connections.py
+        ],  # fmt: skip
     },
     entry_points={"console_scripts": ["wsd=server.cli:main"]},
 )
