@@ -69,7 +69,9 @@ def test_reader_keeping_up_sees_every_entry_across_wraparound(sizes, batch):
         for i, size in enumerate(sizes):
             payload = bytes([i % 251]) * size
             written.append((r.append(1 + i % 3, payload), 1 + i % 3, payload))
-            if i % batch == 0:
+            # "Keeping up": read every `batch` entries, and always before the unread bytes plus
+            # the next entry and its pad (each at most a quarter ring) could lap us.
+            if i % batch == 0 or r.commit - cursor > CAPACITY // 4:
                 entries, cursor, lost = r.read(cursor)
                 assert lost == 0
                 seen += entries
