@@ -344,6 +344,10 @@ class Supervisor:
             self._signal(new, signal.SIGKILL)
             self.reload_step, self.reload_queue = None, []
 
+    def _reload_in_progress(self) -> bool:
+        """Until every replaced process has drained and exited."""
+        return bool(self.reload_step or self.reload_queue or any(slot.retiring for slot in self.slots))
+
     def _abandon_reload(self) -> None:
         step = self.reload_step
         if step is not None:
@@ -551,7 +555,7 @@ class Supervisor:
             "supervisor": {
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 3),
-                "state": "reloading" if (self.reload_step or self.reload_queue) else self.state,
+                "state": "reloading" if self.state == "running" and self._reload_in_progress() else self.state,
                 "epoch": self.epoch,
                 "port": self.port,
                 "api_port": self.api_port,

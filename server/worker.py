@@ -61,7 +61,13 @@ class Worker:
         self.own_segment = self.segments[self.bus_slot]
         self.doorbells = Doorbells(self.run_id, self.bell_socket, self.segments)
         self.bus = BusEngine(
-            self.bus_slot, self.segments, self._deliver, self._acknowledge, self.doorbells.ring, role=spec["role"]
+            self.bus_slot,
+            self.segments,
+            self._deliver,
+            self._acknowledge,
+            self.doorbells.ring,
+            role=spec["role"],
+            poll_done=self.subscribers.flush,
         )
         # token -> (future for the API, or (session, request id) for a client), timeout handle
         self.pending: dict[int, tuple[Any, asyncio.TimerHandle]] = {}
@@ -442,7 +448,10 @@ class Drain:
         self._timer.cancel()
         left = self.queue[self.next_index :]
         self.next_index = len(self.queue)
-        log.info("worker %d drain ends (%s): closing %d clients with 1001", self.worker.slot, reason, len(left))
+        if left:
+            log.info("worker %d drain ends (%s): closing %d clients with 1001", self.worker.slot, reason, len(left))
+        else:
+            log.info("worker %d drain complete (%s): every client was moved with 1012", self.worker.slot, reason)
         for session in left:
             session.close(WSCloseCode.GOING_AWAY, "server stopping")
         self.worker.loop.create_task(self.worker._finish_stop(2.0))
