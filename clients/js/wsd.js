@@ -246,6 +246,21 @@ export class WsdClient extends EventTarget {
     this._dispatch("closed", { code, reason, wasClean: true, reconnect: false });
   }
 
+  /**
+   * Listen to a state event (`connecting`, `open`, `closed`, `resumed`, `gap`, `subscribed`,
+   * `error`) with a plain callback that gets the event's detail: a shorthand for
+   * `addEventListener(type, (e) => handler(e.detail))`.
+   *
+   * @param {string} type
+   * @param {(detail: object) => void} handler
+   * @returns {() => void} a function that removes the listener
+   */
+  on(type, handler) {
+    const listener = (event) => handler(event.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
   /** The subscribed channels. */
   get channels() {
     return [...this._subscriptions.keys()];

@@ -222,3 +222,13 @@ test("backoff grows while connections fail and resets after a stable connection"
   assert.equal(events.filter((e) => e.type === "connecting").at(-1).attempt, 1);
   client.close();
 });
+
+test("on() hands the event's detail to a plain callback and can be removed", async () => {
+  const { client, socket } = await newClient();
+  const seen = [];
+  const off = client.on("open", (detail) => seen.push(detail));
+  socket().serverOpen();
+  assert.deepEqual(seen, [{ reconnect: false }]);
+  off();
+  client.close();
+});
