@@ -84,6 +84,7 @@ class BusEngine:
         acknowledge: AckCallback,
         ring_doorbell: Callable[[int], None],
         role: int | None = None,
+        poll_done: Callable[[], None] | None = None,
     ):
         self.bus_slot = bus_slot
         self.segments = segments
@@ -92,6 +93,9 @@ class BusEngine:
         self.deliver = deliver
         self.acknowledge = acknowledge
         self.ring_doorbell = ring_doorbell
+        # Called at the end of every poll(): deliveries made during one poll may be queued by the
+        # deliver callback and written out here together (one write per connection, not per message).
+        self.poll_done = poll_done
         self.role: int | None = None
         self.tracked: dict[int, Tracked] = {}
         self._bucket_refs: dict[int, int] = {}
@@ -306,6 +310,8 @@ class BusEngine:
             total += processed
             if not processed:
                 break
+        if self.poll_done is not None:
+            self.poll_done()
         return total
 
     def poll_ring(self, slot: int) -> int:
