@@ -12,6 +12,7 @@ import codecs
 from dataclasses import dataclass
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 # Opcodes (RFC 6455 section 5.2). Plain ints: picows' WSMsgType is an IntEnum and compares equal.
@@ -32,6 +33,14 @@ MAX_CONTROL_PAYLOAD = 125
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 _UTF8_DECODER = codecs.getincrementaldecoder("utf-8")
+
+# Shared by every open connection in place of its upgrade request's and response's headers.
+_NO_HEADERS = CIMultiDictProxy(CIMultiDict())
+
+# Accept queue of the WebSocket listener. asyncio's create_server calls listen() again on the
+# inherited socket with its default of 100, which overflows during a ramp of thousands of
+# connections per second: dropped SYNs come back only after a 1 s retransmit.
+LISTEN_BACKLOG = 4096
 
 
 def is_valid_close_code(code: int) -> bool:
@@ -273,6 +282,12 @@ class ConformingListener(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        # picows keeps the upgrade request and response, header multidicts included, for the
+        # connection's whole life, and nothing reads them after the handshake: ~1 KB per idle
+        # connection (bench/connection_memory.py). Keep the objects, drop their headers.
+        for message in (getattr(transport, "request", None), getattr(transport, "response", None)):
+            if message is not None:
+                message.headers = _NO_HEADERS
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         pass
@@ -318,10 +333,13 @@ def picows_server_kwargs(max_message_size: int) -> dict[str, Any]:
       parsing its header, before buffering it; the assembler bounds the fragmented total.
     - read_buffer_init_size=1024 (picows rounds up to 2048) and use_aiofastnet=False keep the
       per-connection footprint small; the read buffer grows only for connections that need it.
+    - backlog=LISTEN_BACKLOG: create_server re-listens the inherited socket; its default (100)
+      would shrink the supervisor's accept queue and stall fast ramps on SYN retransmits.
     """
     return {
         "enable_auto_pong": False,
         "max_frame_size": max_message_size,
         "read_buffer_init_size": 1024,
         "use_aiofastnet": False,
+        "backlog": LISTEN_BACKLOG,
     }
