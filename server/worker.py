@@ -295,6 +295,12 @@ class Worker:
 
     async def publish(self, channel: str, data_json: bytes) -> int:
         """The publish API's entry point (server.http_api calls it)."""
+        outcome = self.start_publish(channel, data_json)
+        return outcome if isinstance(outcome, int) else await outcome
+
+    def start_publish(self, channel: str, data_json: bytes) -> int | asyncio.Future:
+        """Put a publish on the bus now: its offset, or a future of it when another worker sequences
+        the channel. The publish API starts a whole batch this way before awaiting any of it."""
         self.msgs_in += 1
         try:
             offset, token = self.bus.publish(channel, data_json)
@@ -305,7 +311,7 @@ class Worker:
             return offset
         future = self.loop.create_future()
         self._await_ack(token, future)
-        return await future
+        return future
 
     def _await_ack(self, token: int, waiter: Any) -> None:
         timer = self.loop.call_later(PUBLISH_TIMEOUT_S, self._publish_timed_out, token)
