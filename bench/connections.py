@@ -48,6 +48,7 @@ CONNECTIONS_PER_LOCUST_PROCESS = 18_000
 # Server connection limit over N: reuseport spreads connections by hash, not round-robin.
 SERVER_HEADROOM = 1.10
 SAMPLE_EVERY_S = 1.0
+FULL_MEMORY_EVERY = 5
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -62,6 +63,20 @@ def process_tree(root_pid: int) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []
+
+
+# TCP counters that explain slow or failed handshakes (/proc/net/netstat, system-wide).
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDoCookies", "TCPReqQFullDrop", "TCPSynRetrans")
+
+
+def tcp_counters() -> dict[str, int]:
+    with open("/proc/net/netstat") as handle:
+        lines = handle.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
+            return {name: table.get(name, 0) for name in TCP_COUNTERS}
+    return {}
 
 
 def kernel_socket_memory() -> dict[str, int]:
@@ -98,7 +113,8 @@ class Sampler(threading.Thread):
         self.samples: list[dict[str, Any]] = []
         self.started = time.time()
         self._stop_event = threading.Event()
-        self._cpu_seen: dict[int, float] = {}
+        self._cpu_seen: dict[str, dict[int, float]] = {}
+        self._count = 0
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -109,30 +125,44 @@ class Sampler(threading.Thread):
             self.samples.append(self.sample())
             self._stop_event.wait(SAMPLE_EVERY_S)
 
-    def _cpu_total(self, processes: list[psutil.Process]) -> float:
-        # Keep the last value of processes that exited, so the total never goes backwards.
+    def _cpu_total(self, group: str, processes: list[psutil.Process]) -> float:
+        # Per group, the last value of every process ever seen: processes that exit keep their
+        # share, so the total never goes backwards.
+        seen = self._cpu_seen.setdefault(group, {})
         for process in processes:
             try:
                 times = process.cpu_times()
-                self._cpu_seen[process.pid] = times.user + times.system
+                seen[process.pid] = times.user + times.system
             except psutil.Error:
                 pass
-        return sum(self._cpu_seen.get(p.pid, 0.0) for p in processes)
+        return sum(seen.values())
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self, force_full: bool = False) -> dict[str, Any]:
+        # Time and CPU first: the memory readings below take long enough to skew a rate.
         now = time.time()
         wsd = process_tree(self.wsd_pid)
+        locust = process_tree(self.locust_pid) if self.locust_pid else []
+        wsd_cpu = self._cpu_total("wsd", wsd)
+        locust_cpu = self._cpu_total("locust", locust)
+        # USS and PSS walk every mapped page (smaps_rollup): ~1 s of CPU for 13 processes holding
+        # 200k connections. Taken every FULL_MEMORY_EVERY samples and on request; RSS every time.
+        self._count += 1
+        full = force_full or self._count % FULL_MEMORY_EVERY == 1 or not self.samples
         memory = {"rss": 0, "uss": 0, "pss": 0}
         for process in wsd:
             try:
-                info = process.memory_full_info()
+                if full:
+                    info = process.memory_full_info()
+                    memory["uss"] += info.uss
+                    memory["pss"] += info.pss
+                else:
+                    info = process.memory_info()
             except psutil.Error:
                 continue
             memory["rss"] += info.rss
-            memory["uss"] += info.uss
-            memory["pss"] += info.pss
-        wsd_cpu = self._cpu_total(wsd)
-        locust = process_tree(self.locust_pid) if self.locust_pid else []
+        if not full:  # carry the last full reading forward
+            last = self.samples[-1]
+            memory["uss"], memory["pss"] = last["wsd_uss"], last["wsd_pss"]
         locust_rss = 0
         for process in locust:
             try:
@@ -146,11 +176,13 @@ class Sampler(threading.Thread):
             "wsd_rss": memory["rss"],
             "wsd_uss": memory["uss"],
             "wsd_pss": memory["pss"],
+            "full_memory": full,
             "wsd_cpu_s": round(wsd_cpu, 3),
             "locust_processes": len(locust),
             "locust_rss": locust_rss,
-            "locust_cpu_s": round(self._cpu_total(locust), 3) if locust else 0.0,
+            "locust_cpu_s": round(locust_cpu, 3),
             **kernel_socket_memory(),
+            "tcp_counters": tcp_counters(),
             "host_cpu_percent": psutil.cpu_percent(),
         }
         try:
@@ -365,7 +397,10 @@ def build_report(
 
     # Memory at the end of the hold: every connection open and idle.
     held_at = hold.get("end", samples[-1]["time"])
-    held_sample = sample_at(samples, held_at)
+    # The last sample with a full memory reading (USS, PSS) taken while every connection was idle.
+    held_from = hold.get("start", samples[0]["time"])
+    full_in_hold = [x for x in samples if x.get("full_memory") and held_from <= x["time"] <= held_at]
+    held_sample = full_in_hold[-1] if full_in_hold else sample_at(samples, held_at)
     server_connections = sum(w["connections"] for w in final_status.get("workers", []))
     held = hold.get("connections", 0)
     per = max(held, 1)
@@ -450,6 +485,10 @@ def build_report(
         "locust_errors": locust.get("locust_errors", []),
         "locust_stats": locust.get("locust_stats", {}),
         "scenario_error": locust.get("error"),
+        # System-wide, so another run on the box at the same time would add to them.
+        "tcp_counters_during_run": {
+            name: samples[-1]["tcp_counters"].get(name, 0) - idle["tcp_counters"].get(name, 0) for name in TCP_COUNTERS
+        },
         "samples": samples,
     }
 
@@ -491,6 +530,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         ("publish → receive, all deliveries p50 / p99 / max",
          f"{latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} / {latency['max_ms']:.1f} ms"),
         ("errors by kind", ", ".join(f"{k}: {v:,}" for k, v in report["errors"].items()) or "none"),
+        ("kernel TCP counters during the run (system-wide)",
+         ", ".join(f"{k} {v:,}" for k, v in report["tcp_counters_during_run"].items())),
     ]  # fmt: skip
     lines = [
         f"# wsd connection benchmark: {report['parameters']['connections']:,} connections",
@@ -562,7 +603,9 @@ def write_plot(report: dict[str, Any], path: Path) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=200_000, help="connections to open and hold (N)")
-    parser.add_argument("--connections-per-user", type=int, default=1, help="WebSocket connections per Locust User")
+    # Many connections per User: Locust's own per-User cost (object, greenlet, dispatch) then
+    # vanishes next to the connections', which are io-watcher callbacks either way.
+    parser.add_argument("--connections-per-user", type=int, default=100, help="WebSocket connections per Locust User")
     parser.add_argument("--processes", type=int, default=0, help="Locust worker processes (0: N / 18,000)")
     parser.add_argument("--workers", default="auto", help="wsd workers (default auto: enough for N)")
     parser.add_argument("--spawn-rate", type=float, default=20_000, help="Locust users started per second")

@@ -12,8 +12,11 @@ Light on purpose, so one Locust worker process holds ~19,000 connections (its op
 hub, not a greenlet, and its state is one small `__slots__` object. The User's own greenlet only
 opens its connections and then sleeps.
 
-Source addresses: Locust worker i binds its sockets to 127.0.0.(2 + i) with IP_BIND_ADDRESS_NO_PORT,
-so no source address runs out of its ~28,000 ephemeral ports.
+Source addresses: Locust worker i spreads its sockets over 127.0.0.(2 + 4i) ... 127.0.0.(5 + 4i) with
+IP_BIND_ADDRESS_NO_PORT. One address has ~28,000 ephemeral ports towards wsd, but connect() looks at
+one half of the range first (the other half is for bind()), and past ~14,000 connections per
+address each connect() scans for a free port in the kernel: measured here, a run with 16,700 per
+address stalled at 14,000 each with the load generator's CPU all in the system.
 
 Distributed runs (`--processes N`) use custom messages: every worker sends a `wsd_gauge` each second
 (connections open, per-broadcast receive counts); when `--wsd-api` is given the master drives a
@@ -47,11 +50,13 @@ log = logging.getLogger("wsd.locust")
 # connect(), so a port only has to be unique per 4-tuple rather than per source address.
 IP_BIND_ADDRESS_NO_PORT = 24
 
+# Source addresses per Locust worker process (see the module docstring): ~4,700 connections each.
+SOURCE_ADDRESSES_PER_WORKER = 4
+
 # Handshakes in flight per Locust worker process. More only overflows the server's accept queue
 # and turns into 1 s SYN retransmits.
 HANDSHAKES_IN_FLIGHT = 256
 
-HANDSHAKE_TIMEOUT_S = 30.0
 GAUGE_EVERY_S = 1.0
 SHARED_CHANNEL = "all"
 
@@ -297,11 +302,12 @@ class WsConnection:
             _handshake_slots.release()
 
 
-def _source_address(environment) -> str:
-    """Locust worker i binds 127.0.0.(2 + i); a standalone run uses 127.0.0.2."""
+def _source_address(environment, connection_number: int) -> str:
+    """Locust worker i uses 127.0.0.(2 + 4i + n % 4) for its n-th connection (worker 0 standalone)."""
     runner = environment.runner
-    index = max(getattr(runner, "worker_index", 0), 0)
-    return f"127.0.{(2 + index) // 256}.{(2 + index) % 256}"
+    index = 2 + max(getattr(runner, "worker_index", 0), 0) * SOURCE_ADDRESSES_PER_WORKER
+    index += connection_number % SOURCE_ADDRESSES_PER_WORKER
+    return f"127.0.{index // 256}.{index % 256}"
 
 
 class WsdUser(User):
@@ -317,7 +323,6 @@ class WsdUser(User):
         options = self.environment.parsed_options
         per_user = max(1, getattr(options, "wsd_connections_per_user", 1) if options else 1)
         url = urlsplit(self.host or "ws://127.0.0.1:8080/ws")
-        source = _source_address(self.environment)
         runner = self.environment.runner
         worker = max(getattr(runner, "worker_index", 0), 0)
         self.connections: list[WsConnection] = []
@@ -325,6 +330,7 @@ class WsdUser(User):
             _handshake_slots.acquire()
             WsdUser._next_user += 1
             channel = f"user.{worker}.{WsdUser._next_user}"
+            source = _source_address(self.environment, WsdUser._next_user)
             self.connections.append(WsConnection(url.hostname, url.port or 80, url.path or "/ws", source, channel))
 
     @task
