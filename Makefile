@@ -54,5 +54,12 @@ N ?= 200000
 bench-connections: install
 	flock /tmp/wsd-bench.lock $(PY) bench/connections.py --connections $(N)
 
+# Fan-out against the peers (bench/peers/): wsd (2 workers), Node ws, socket.io 4 + Redis adapter (2
+# processes), Python websockets; 10,000 subscribers; burst, paced latency, targeted. Installs the peers
+# (npm ci, pip, apt-get redis-server as root), holds the shared benchmark lock, writes bench/results/peers-*.
+.PHONY: bench-peers
+bench-peers: install
+	flock /tmp/wsd-bench.lock $(PY) bench/peers/run.py --setup --tag 2core-10k
+
 clean:
 	rm -rf build *.egg-info ext/*.c ext/*.so $(VENV)

@@ -1,0 +1,519 @@
+"""Fan-out against the peers: the same workloads, the same load generator (bench/peers/loadgen.py),
+against wsd (2 workers), Node.js `ws`, socket.io 4 + Redis adapter on 2 processes, and Python
+`websockets` with broadcast(). Each peer is installed by `--setup` (npm ci, pip, apt for Redis),
+started here on free ports, measured, and stopped before the next one starts.
+
+Workloads, with N subscribers each on the shared channel and on its own `user:<i>`:
+  1. burst: M messages of P bytes back to back (one publish_batch) -> deliveries/s, server CPU
+     per delivery (all the peer's processes, Redis included);
+  2. paced: R messages/s for S seconds, for each rate -> publish-to-receive latency p50/p99/max;
+  3. targeted: K messages to every user channel (publish_batch of 1000) -> messages/s.
+Writes peers-<tag>.json and peers-<tag>.md (wsd/peer ratios from the same run) under --out.
+
+    .venv/bin/python bench/peers/run.py --setup --tag 2core-10k
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+PEERS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PEERS_DIR.parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(PEERS_DIR.parent))
+from fanout import (  # noqa: E402
+    PHASE_GRACE_SECONDS,
+    CpuSampler,
+    Publisher,
+    machine_info,
+    merge_phase,
+    percentile,
+    spread,
+)
+from loadgen import PeerLoadGenerator, user_channel  # noqa: E402
+
+from tests.wsd_process import WsdProcess, free_port  # noqa: E402
+
+ALL_PEERS = ["wsd", "node_ws", "socketio", "websockets"]
+TARGETED_BATCH = 1000  # wsd's publish_batch limit
+WEBSOCKETS_VERSION = "17.4"
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers: set-up, start, stop.
+# --------------------------------------------------------------------------------------------------
+
+
+def setup_peers(peers: list[str]) -> None:
+    """Install what the chosen peers need: npm packages from their lock files, websockets, Redis."""
+    for name in ("node_ws", "socketio"):
+        if name in peers and not (PEERS_DIR / name / "node_modules").is_dir():
+            _run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEERS_DIR / name)
+    if "websockets" in peers and importlib.util.find_spec("websockets") is None:
+        _run([sys.executable, "-m", "pip", "install", "-q", f"websockets=={WEBSOCKETS_VERSION}"])
+    if "socketio" in peers and shutil.which("redis-server") is None:
+        if os.geteuid() != 0:
+            raise RuntimeError("socket.io needs redis-server: apt-get install redis-server (as root)")
+        _run(["apt-get", "update", "-q"])
+        _run(
+            ["apt-get", "install", "-y", "-q", "redis-server"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        )
+
+
+def _run(command: list[str], **kwargs: Any) -> None:
+    print(f"setup: {shlex.join(command)}", file=sys.stderr)
+    subprocess.run(command, check=True, **kwargs)
+
+
+def peer_missing(name: str) -> str | None:
+    """Why a peer cannot run here (None if it can)."""
+    if name in ("node_ws", "socketio"):
+        if shutil.which("node") is None:
+            return "node is not installed"
+        if not (PEERS_DIR / name / "node_modules").is_dir():
+            return f"bench/peers/{name}/node_modules missing (run with --setup)"
+    if name == "socketio" and shutil.which("redis-server") is None:
+        return "redis-server is not installed (run with --setup as root)"
+    if name == "websockets" and importlib.util.find_spec("websockets") is None:
+        return "Python websockets is not installed (run with --setup)"
+    return None
+
+
+class RunningPeer:
+    """A started peer: where to connect, where to publish, which processes to charge CPU to."""
+
+    def __init__(self, name: str, workdir: Path):
+        self.name = name
+        self.workdir = workdir
+        self.children: list[subprocess.Popen] = []
+        self.wsd: WsdProcess | None = None
+        self.urls: list[str] = []
+        self.api_port = 0
+        self.socketio = name == "socketio"
+        self.version = ""
+
+    def start(self, workers: int) -> None:
+        if self.name == "wsd":
+            self.wsd = WsdProcess(self.workdir, workers=workers, flags=["--log-level", "warning"])
+            self.wsd.start()
+            self.urls, self.api_port = [self.wsd.url], self.wsd.api_port
+            self.version = f"wsd {workers} workers"
+        elif self.name == "node_ws":
+            port = free_port()
+            self._spawn(["node", "server.js", str(port)], PEERS_DIR / "node_ws")
+            self.urls, self.api_port = [f"ws://127.0.0.1:{port}/"], port
+            self.version = "ws " + _node_package_version("node_ws", "ws") + ", node " + _node_version()
+        elif self.name == "socketio":
+            redis_port = free_port()
+            self._spawn(
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                self.workdir,
+                ready=b"Ready to accept connections",
+            )
+            ports = [free_port() for _ in range(workers)]
+            for port in ports:
+                self._spawn(["node", "server.js", str(port), str(redis_port)], PEERS_DIR / "socketio")
+            self.urls = [f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port in ports]
+            self.api_port = ports[0]
+            self.version = (
+                f"socket.io {_node_package_version('socketio', 'socket.io')}, "
+                f"@socket.io/redis-adapter {_node_package_version('socketio', '@socket.io/redis-adapter')}, "
+                f"{workers} processes, redis {_redis_version()}, node {_node_version()}"
+            )
+        elif self.name == "websockets":
+            port, api_port = free_port(), free_port()
+            self._spawn([sys.executable, "server.py", str(port), str(api_port)], PEERS_DIR / "websockets")
+            self.urls, self.api_port = [f"ws://127.0.0.1:{port}/"], api_port
+            import websockets
+
+            self.version = f"websockets {websockets.__version__} (uvloop), broadcast()"
+        else:
+            raise ValueError(f"unknown peer {self.name!r}; known: {', '.join(ALL_PEERS)}")
+
+    def _spawn(self, command: list[str], cwd: Path, ready: bytes = b"ready") -> None:
+        log = open(self.workdir / f"{self.name}-{len(self.children)}.log", "wb+")
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        self.children.append(process)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            log.seek(0)
+            output = log.read()
+            if ready in output:
+                return
+            if process.poll() is not None:
+                raise RuntimeError(f"{shlex.join(command)} exited with {process.returncode}: {output[-2000:]!r}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{shlex.join(command)} not ready after 30 s")
+
+    def processes(self) -> dict[str, psutil.Process]:
+        if self.wsd is not None:
+            supervisor = psutil.Process(self.wsd.proc.pid)
+            found = {f"supervisor:{supervisor.pid}": supervisor}
+            for worker in self.wsd.status()["workers"]:
+                found[f"worker:{worker['pid']}"] = psutil.Process(worker["pid"])
+            return found
+        return {f"{Path(p.args[0]).name}:{p.pid}": psutil.Process(p.pid) for p in self.children}
+
+    def stop(self) -> None:
+        if self.wsd is not None:
+            self.wsd.kill()
+        for process in reversed(self.children):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _node_version() -> str:
+    return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def _node_package_version(peer: str, package: str) -> str:
+    return json.loads((PEERS_DIR / peer / "node_modules" / package / "package.json").read_text())["version"]
+
+
+def _redis_version() -> str:
+    output = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    return next((word.split("=")[1] for word in output.split() if word.startswith("v=")), "?")
+
+
+# --------------------------------------------------------------------------------------------------
+# Workloads.
+# --------------------------------------------------------------------------------------------------
+
+
+def collect(load: PeerLoadGenerator, timeout: float) -> list[dict]:
+    return [load.reply(index, timeout) for index in range(len(load.pipes))]
+
+
+def run_burst(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, cpu: CpuSampler) -> dict:
+    # The load generator's own CPU shows which side was the bottleneck (they share the cores).
+    client_cpu = CpuSampler({f"client:{p.pid}": psutil.Process(p.pid) for p in load.processes})
+    rounds = []
+    for _ in range(args.rounds):
+        load.request(
+            "arm", {"expected_per_connection": args.messages, "record_latency": False, "timeout": PHASE_GRACE_SECONDS}
+        )
+        cpu.start()
+        client_cpu.start()
+        started_ns = time.time_ns()
+        offsets = publisher.publish_burst(args.messages)
+        reports = collect(load, PHASE_GRACE_SECONDS + 30)
+        busy = cpu.stop()
+        client_busy = client_cpu.stop()
+        check = merge_phase(reports, args.messages, offsets[0])
+        elapsed = (check.pop("last_receive_ns") - started_ns) / 1e9
+        cpu_seconds = sum(p["cpu_seconds"] for p in busy.values())
+        rounds.append(
+            {
+                "elapsed_seconds": elapsed,
+                "deliveries_per_second": check["deliveries"] / elapsed if elapsed > 0 else 0.0,
+                "server_cpu_us_per_delivery": cpu_seconds / max(1, check["deliveries"]) * 1e6,
+                "server_busy": sum(p["busy"] for p in busy.values()),
+                "load_generator_busy": sum(p["busy"] for p in client_busy.values()),
+                **check,
+            }
+        )
+        time.sleep(0.3)
+    return {
+        "messages": args.messages,
+        "payload_bytes": args.payload_bytes,
+        "deliveries_per_second": spread([r["deliveries_per_second"] for r in rounds]),
+        "server_cpu_us_per_delivery": spread([r["server_cpu_us_per_delivery"] for r in rounds]),
+        "server_busy_median": statistics.median(r["server_busy"] for r in rounds),
+        "load_generator_busy_median": statistics.median(r["load_generator_busy"] for r in rounds),
+        **_totals(rounds),
+        "rounds": rounds,
+    }
+
+
+def run_paced(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, rate: float) -> dict:
+    count = max(1, round(rate * args.paced_seconds))
+    load.request(
+        "arm",
+        {"expected_per_connection": count, "record_latency": True, "timeout": args.paced_seconds + PHASE_GRACE_SECONDS},
+    )
+    started = time.monotonic()
+    offsets = []
+    for seq in range(count):
+        time.sleep(max(0.0, started + seq / rate - time.monotonic()))
+        offsets.append(publisher.publish_one(seq))
+    reports = collect(load, args.paced_seconds + PHASE_GRACE_SECONDS + 30)
+    check = merge_phase(reports, count, offsets[0])
+    check.pop("last_receive_ns")
+    latencies: list[int] = []
+    for report in reports:
+        samples = array("q")
+        samples.frombytes(report["latencies_us"])
+        latencies.extend(samples)
+    latencies.sort()
+    return {
+        "rate": rate,
+        "seconds": args.paced_seconds,
+        "messages": count,
+        "latency_samples": len(latencies),
+        "latency_us": {
+            "p50": percentile(latencies, 0.50),
+            "p99": percentile(latencies, 0.99),
+            "max": latencies[-1] if latencies else 0,
+        },
+        **check,
+    }
+
+
+def run_targeted(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, cpu: CpuSampler) -> dict:
+    rounds = []
+    for _ in range(args.targeted_rounds):
+        load.request(
+            "arm",
+            {
+                "expected_per_connection": args.targeted_messages,
+                "record_latency": False,
+                "timeout": PHASE_GRACE_SECONDS,
+            },
+        )
+        cpu.start()
+        started_ns = time.time_ns()
+        items = [
+            {"channel": user_channel(index), "data": {"t": started_ns, "seq": seq, "pad": publisher.padding}}
+            for seq in range(args.targeted_messages)
+            for index in range(load.subscribers)
+        ]
+        for first in range(0, len(items), TARGETED_BATCH):
+            publisher.post("/api/publish_batch", orjson.dumps(items[first : first + TARGETED_BATCH]))
+        reports = collect(load, PHASE_GRACE_SECONDS + 30)
+        busy = cpu.stop()
+        check = merge_phase(reports, args.targeted_messages, None)  # each user channel has its own offsets
+        elapsed = (check.pop("last_receive_ns") - started_ns) / 1e9
+        cpu_seconds = sum(p["cpu_seconds"] for p in busy.values())
+        rounds.append(
+            {
+                "elapsed_seconds": elapsed,
+                "messages_per_second": check["deliveries"] / elapsed if elapsed > 0 else 0.0,
+                "server_cpu_us_per_message": cpu_seconds / max(1, check["deliveries"]) * 1e6,
+                **check,
+            }
+        )
+        time.sleep(0.3)
+    return {
+        "messages_per_subscriber": args.targeted_messages,
+        "messages_per_second": spread([r["messages_per_second"] for r in rounds]),
+        "server_cpu_us_per_message": spread([r["server_cpu_us_per_message"] for r in rounds]),
+        **_totals(rounds),
+        "rounds": rounds,
+    }
+
+
+def _totals(rounds: list[dict]) -> dict[str, int]:
+    keys = ("deliveries", "expected_deliveries", "missing", "extra", "out_of_order", "wrong_first_offset")
+    return {key: sum(r[key] for r in rounds) for key in keys}
+
+
+def run_peer(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Start one peer, run every workload against it, stop it."""
+    peer = RunningPeer(name, Path(tempfile.mkdtemp(prefix=f"wsd-peers-{name}-")))
+    load: PeerLoadGenerator | None = None
+    try:
+        peer.start(args.workers)
+        print(f"{name}: started ({peer.version}); connecting {args.subscribers:,}", file=sys.stderr)
+        load = PeerLoadGenerator(peer.urls, peer.socketio, args.client_processes, args.subscribers)
+        connect = load.connect_all()
+        cpu = CpuSampler(peer.processes())
+        publisher = Publisher(peer.api_port, args.payload_bytes)
+        burst = run_burst(args, load, publisher, cpu)
+        print(f"{name}: burst {burst['deliveries_per_second']['median']:,.0f} deliveries/s", file=sys.stderr)
+        paced = [run_paced(args, load, publisher, rate) for rate in args.rates]
+        print(f"{name}: paced p99 {[p['latency_us']['p99'] / 1000 for p in paced]} ms", file=sys.stderr)
+        targeted = run_targeted(args, load, publisher, cpu)
+        print(f"{name}: targeted {targeted['messages_per_second']['median']:,.0f} messages/s", file=sys.stderr)
+        rss = {key: p.memory_info().rss for key, p in peer.processes().items()}
+        listener = "Cython listener (fastlisten.pyx)" if load.fast else "Python listener"
+        return {
+            "version": peer.version,
+            "load_generator": f"picows, {listener}",
+            "connect": connect,
+            "burst": burst,
+            "paced": paced,
+            "targeted": targeted,
+            "server_rss_bytes": rss,
+        }
+    finally:
+        if load is not None:
+            load.close()
+        peer.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------------------------------
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}×" if theirs else "-"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    params, results = report["parameters"], report["results"]
+    measured = {name: r for name, r in results.items() if "error" not in r}
+    wsd = measured.get("wsd")
+    lines = [
+        f"# Fan-out against the peers: {params['tag']}",
+        "",
+        f"{params['subscribers']:,} subscribers, {params['client_processes']} load-generator processes (picows), "
+        f"{params['workers']} server processes where the peer has several. Ratios are wsd / peer from this run.",
+        "",
+        f"## 1. Burst: {params['messages']} messages of {params['payload_bytes']} bytes back to back "
+        f"(median of {params['rounds']})",
+        "",
+        "| peer | deliveries/s (min-max) | server CPU µs/delivery | busy cores: server / load gen | checked "
+        "| wsd/peer |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in measured.items():
+        b = r["burst"]
+        rate = b["deliveries_per_second"]
+        lines.append(
+            f"| {name} | {rate['median']:,.0f} ({rate['min']:,.0f}-{rate['max']:,.0f}) "
+            f"| {b['server_cpu_us_per_delivery']['median']:.2f} "
+            f"| {b['server_busy_median']:.2f} / {b['load_generator_busy_median']:.2f} "
+            f"| {b['deliveries']:,}/{b['expected_deliveries']:,}, {b['out_of_order']} out of order "
+            f"| {_ratio(wsd['burst']['deliveries_per_second']['median'], rate['median']) if wsd else '-'} |"
+        )
+    lines += [
+        "",
+        f"## 2. Paced: publish-to-receive latency over {params['paced_seconds']:g} s",
+        "",
+        "| peer | rate | p50 ms | p99 ms | max ms | checked | wsd/peer p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in measured.items():
+        for index, p in enumerate(r["paced"]):
+            latency = p["latency_us"]
+            ours = wsd["paced"][index]["latency_us"]["p99"] if wsd else 0
+            lines.append(
+                f"| {name} | {p['rate']:g}/s | {latency['p50'] / 1000:.2f} | {latency['p99'] / 1000:.2f} "
+                f"| {latency['max'] / 1000:.2f} | {p['deliveries']:,}/{p['expected_deliveries']:,} "
+                f"| {_ratio(ours, latency['p99']) if wsd else '-'} |"
+            )
+    lines += [
+        "",
+        f"## 3. Targeted: {params['targeted_messages']} messages to each subscriber's own channel "
+        f"(publish_batch of {TARGETED_BATCH}; median of {params['targeted_rounds']})",
+        "",
+        "| peer | messages/s (min-max) | server CPU µs/message | checked | wsd/peer |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, r in measured.items():
+        t = r["targeted"]
+        rate = t["messages_per_second"]
+        lines.append(
+            f"| {name} | {rate['median']:,.0f} ({rate['min']:,.0f}-{rate['max']:,.0f}) "
+            f"| {t['server_cpu_us_per_message']['median']:.2f} "
+            f"| {t['deliveries']:,}/{t['expected_deliveries']:,}, {t['out_of_order']} out of order "
+            f"| {_ratio(wsd['targeted']['messages_per_second']['median'], rate['median']) if wsd else '-'} |"
+        )
+    lines += ["", "## Peers", ""]
+    for name, r in results.items():
+        lines.append(f"- {name}: {r.get('version', '')} {('— FAILED: ' + r['error']) if 'error' in r else ''}".rstrip())
+    machine = report["machine"]
+    lines += [
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['nproc']} CPUs shared by server, Redis and load generator, "
+        f"{machine['memory_bytes'] / 2**30:.1f} GiB; Python {machine['python']}, picows {machine['picows']}, "
+        f"uvloop {machine['uvloop']}; `{machine['uname']}`. Started {report['started']}.",
+        "",
+        "Server CPU counts every process of the peer (wsd: supervisor and workers; socket.io: both Node "
+        "processes and Redis). Latency = receive time - publish time stamped just before the HTTP request.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma-separated (default {','.join(ALL_PEERS)})")
+    parser.add_argument("--setup", action="store_true", help="install the peers first (npm ci, pip, apt)")
+    parser.add_argument("--subscribers", type=int, default=10000)
+    parser.add_argument("--workers", type=int, default=2, help="wsd workers / socket.io processes (default 2)")
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--messages", type=int, default=100, help="messages per burst (default 100)")
+    parser.add_argument("--rounds", type=int, default=5, help="bursts (default 5)")
+    parser.add_argument("--payload-bytes", type=int, default=64)
+    parser.add_argument("--rates", default="1,5", help="paced rates, messages/s (default 1,5)")
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--targeted-messages", type=int, default=5, help="per subscriber per round (default 5)")
+    parser.add_argument("--targeted-rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args(argv)
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.rates = [float(r) for r in args.rates.split(",")]
+    unknown = set(args.peers) - set(ALL_PEERS)
+    if unknown:
+        parser.error(f"unknown peers {sorted(unknown)}; known: {', '.join(ALL_PEERS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
+    if args.setup:
+        setup_peers(args.peers)
+    report: dict[str, Any] = {
+        "benchmark": "peers-fanout",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {**machine_info(), "hostname": socket.gethostname()},
+        "results": {},
+    }
+    failed = False
+    for name in args.peers:
+        missing = peer_missing(name)
+        if missing:
+            report["results"][name] = {"error": f"not run: {missing}"}
+            failed = True
+            continue
+        try:
+            report["results"][name] = run_peer(args, name)
+        except Exception as exc:  # one peer failing must not lose the others' numbers
+            report["results"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            failed = True
+            print(f"{name}: FAILED {exc}", file=sys.stderr)
+    markdown = markdown_report(report)
+    print(markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"peers-{args.tag}.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path.with_suffix(".md").write_text(markdown)
+    print(f"wrote {json_path} and {json_path.with_suffix('.md')}", file=sys.stderr)
+    for result in report["results"].values():
+        for phase in [result.get("burst"), result.get("targeted"), *result.get("paced", [])]:
+            if phase and (phase["missing"] or phase["out_of_order"]):
+                failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
