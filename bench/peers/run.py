@@ -247,18 +247,25 @@ def run_burst(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publ
     }
 
 
-def run_paced(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, rate: float) -> dict:
+def run_paced(
+    args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, rate: float, cpu: CpuSampler
+) -> dict:
     count = max(1, round(rate * args.paced_seconds))
+    client_cpu = CpuSampler({f"client:{p.pid}": psutil.Process(p.pid) for p in load.processes})
     load.request(
         "arm",
         {"expected_per_connection": count, "record_latency": True, "timeout": args.paced_seconds + PHASE_GRACE_SECONDS},
     )
+    cpu.start()
+    client_cpu.start()
     started = time.monotonic()
     offsets = []
     for seq in range(count):
         time.sleep(max(0.0, started + seq / rate - time.monotonic()))
         offsets.append(publisher.publish_one(seq))
     reports = collect(load, args.paced_seconds + PHASE_GRACE_SECONDS + 30)
+    server_seconds = sum(p["cpu_seconds"] for p in cpu.stop().values())
+    client_seconds = sum(p["cpu_seconds"] for p in client_cpu.stop().values())
     check = merge_phase(reports, count, offsets[0])
     check.pop("last_receive_ns")
     latencies: list[int] = []
@@ -277,6 +284,9 @@ def run_paced(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publ
             "p99": percentile(latencies, 0.99),
             "max": latencies[-1] if latencies else 0,
         },
+        # Where one message's fan-out spends its CPU (both sides share the cores).
+        "server_cpu_us_per_delivery": server_seconds / max(1, check["deliveries"]) * 1e6,
+        "load_generator_cpu_us_per_delivery": client_seconds / max(1, check["deliveries"]) * 1e6,
         **check,
     }
 
@@ -342,7 +352,7 @@ def run_peer(args: argparse.Namespace, name: str) -> dict[str, Any]:
         publisher = Publisher(peer.api_port, args.payload_bytes)
         burst = run_burst(args, load, publisher, cpu)
         print(f"{name}: burst {burst['deliveries_per_second']['median']:,.0f} deliveries/s", file=sys.stderr)
-        paced = [run_paced(args, load, publisher, rate) for rate in args.rates]
+        paced = [run_paced(args, load, publisher, rate, cpu) for rate in args.rates]
         print(f"{name}: paced p99 {[p['latency_us']['p99'] / 1000 for p in paced]} ms", file=sys.stderr)
         targeted = run_targeted(args, load, publisher, cpu)
         print(f"{name}: targeted {targeted['messages_per_second']['median']:,.0f} messages/s", file=sys.stderr)
@@ -403,8 +413,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"## 2. Paced: publish-to-receive latency over {params['paced_seconds']:g} s",
         "",
-        "| peer | rate | p50 ms | p99 ms | max ms | checked | wsd/peer p99 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| peer | rate | p50 ms | p99 ms | max ms | CPU µs/delivery: server / load gen | checked | wsd/peer p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in measured.items():
         for index, p in enumerate(r["paced"]):
@@ -412,7 +422,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             ours = wsd["paced"][index]["latency_us"]["p99"] if wsd else 0
             lines.append(
                 f"| {name} | {p['rate']:g}/s | {latency['p50'] / 1000:.2f} | {latency['p99'] / 1000:.2f} "
-                f"| {latency['max'] / 1000:.2f} | {p['deliveries']:,}/{p['expected_deliveries']:,} "
+                f"| {latency['max'] / 1000:.2f} "
+                f"| {p['server_cpu_us_per_delivery']:.2f} / {p['load_generator_cpu_us_per_delivery']:.2f} "
+                f"| {p['deliveries']:,}/{p['expected_deliveries']:,} "
                 f"| {_ratio(ours, latency['p99']) if wsd else '-'} |"
             )
     lines += [

@@ -18,8 +18,9 @@ function publish(channel, data) {
   offsets.set(channel, off);
   const members = channels.get(channel);
   if (members && members.size) {
-    const text = JSON.stringify({ op: "msg", ch: channel, off, data });
-    for (const ws of members) ws.send(text);
+    // One Buffer for everyone: ws.send(string) would convert the string again for every socket.
+    const frame = Buffer.from(JSON.stringify({ op: "msg", ch: channel, off, data }));
+    for (const ws of members) ws.send(frame, { binary: false });
   }
   return off;
 }
@@ -64,4 +65,7 @@ wss.on("connection", (ws) => {
   });
 });
 
+// The coordinator's publish connection idles for as long as a slow burst takes: never time it out.
+server.keepAliveTimeout = 0;
+server.requestTimeout = 0;
 server.listen(port, "127.0.0.1", 4096, () => console.log("ready"));

@@ -47,6 +47,9 @@ async function main() {
       socket.emit("ok", { ch: channel, off: offsets.get(channel) || 0 });
     });
   });
+  // The coordinator's publish connection idles for as long as a slow burst takes: never time it out.
+  server.keepAliveTimeout = 0;
+  server.requestTimeout = 0;
   server.listen(port, "127.0.0.1", 4096, () => console.log("ready"));
 }
 
