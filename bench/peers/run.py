@@ -462,6 +462,40 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_plot(report: dict[str, Any], path: Path) -> bool:
+    """Three bar charts (burst deliveries/s, paced p99 per rate, targeted messages/s); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    measured = {name: r for name, r in report["results"].items() if "error" not in r}
+    names = list(measured)
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].bar(names, [measured[n]["burst"]["deliveries_per_second"]["median"] for n in names])
+    axes[0].set_title("1. burst: deliveries/s (higher is better)")
+    axes[0].set_yscale("log")
+    rates = report["parameters"]["rates"]
+    width = 0.8 / max(1, len(rates))
+    for index, rate in enumerate(rates):
+        positions = [i + index * width for i in range(len(names))]
+        values = [measured[n]["paced"][index]["latency_us"]["p99"] / 1000 for n in names]
+        axes[1].bar(positions, values, width, label=f"{rate:g} msg/s")
+    axes[1].set_xticks([i + width * (len(rates) - 1) / 2 for i in range(len(names))], names)
+    axes[1].set_title("2. paced: p99 latency, ms (lower is better)")
+    axes[1].set_yscale("log")
+    axes[1].legend()
+    axes[2].bar(names, [measured[n]["targeted"]["messages_per_second"]["median"] for n in names])
+    axes[2].set_title("3. targeted: messages/s (higher is better)")
+    figure.suptitle(f"{report['parameters']['subscribers']:,} subscribers, {report['machine']['nproc']} CPUs, same run")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return True
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma-separated (default {','.join(ALL_PEERS)})")
@@ -519,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.out / f"peers-{args.tag}.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     json_path.with_suffix(".md").write_text(markdown)
+    write_plot(report, json_path.with_suffix(".png"))
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}", file=sys.stderr)
     for result in report["results"].values():
         for phase in [result.get("burst"), result.get("targeted"), *result.get("paced", [])]:
