@@ -39,9 +39,22 @@ cdef enum:
     LAST_POS_OFFSET = 32
     LAST_TS_OFFSET = 40
 
-# A reader spins this long on an entry whose seq stays odd before concluding its writer died
-# mid-update (a respawned owner rewrites the entry).
-cdef long MAX_SEQLOCK_SPINS = 10_000_000
+# A reader spins briefly on an entry whose seq is odd, then yields the CPU (on a busy machine
+# the writer may be descheduled mid-update), and only after this long concludes that the writer
+# died mid-update (the role's next holder rewrites the entry).
+cdef long SPINS_BEFORE_YIELDING = 1000
+cdef double MAX_SEQLOCK_WAIT_S = 2.0
+
+cdef extern from "<sched.h>":
+    int sched_yield() nogil
+
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+
+cdef double monotonic_s() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
 
 
 class TableFullError(RuntimeError):
@@ -135,6 +148,7 @@ cdef class ChannelTable:
         cdef uint64_t seq_before, seq_after, chan_hash, last_off, last_pos, last_ts_ns
         cdef uint32_t epoch
         cdef long spins = 0
+        cdef double give_up_at = 0.0
         while True:
             seq_before = wsd_load_acquire_u64(entry + SEQ_OFFSET)
             if seq_before & 1 == 0:
@@ -148,12 +162,17 @@ cdef class ChannelTable:
                 if seq_before == seq_after:
                     return chan_hash, epoch, last_off, last_pos, last_ts_ns
             spins += 1
-            if spins > MAX_SEQLOCK_SPINS:
+            if spins < SPINS_BEFORE_YIELDING:
+                wsd_cpu_relax()
+                continue
+            if give_up_at == 0.0:
+                give_up_at = monotonic_s() + MAX_SEQLOCK_WAIT_S
+            elif monotonic_s() > give_up_at:
                 raise RuntimeError(
                     "channel table entry stays locked: its owner probably died mid-update; "
-                    "it is rewritten when the owner slot respawns"
+                    "it is rewritten when the role's next holder takes over"
                 )
-            wsd_cpu_relax()
+            sched_yield()
 
     def get(self, uint64_t chan_hash):
         """(epoch, last_off, last_pos, last_ts_ns) of the channel, or None if the table lacks it."""

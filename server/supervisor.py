@@ -449,6 +449,7 @@ class Supervisor:
             "bus_slot": bus_slot,
             "role": role,
             "run_id": self.run_id,
+            "supervisor_pid": os.getpid(),
             "config": self.config.to_dict(),
             "connection_limit": self.connection_limit,
             "ws_fd": slot.ws_socket.fileno(),

@@ -8,6 +8,7 @@ in the WSD_WORKER_SPEC environment variable; it shares nothing with other worker
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ TICK_S = 0.05  # bus poll fallback: covers a doorbell lost while a writer was re
 STATS_EVERY_S = 0.5
 SLOW_CLOSE_GRACE_S = 5.0  # a slow reader closed with 1013 gets this long to take the close frame
 RESUME_ACCEPTING_AT = 0.95  # of the connection limit
+PR_SET_PDEATHSIG = 1
 
 
 class Worker:
@@ -463,8 +465,21 @@ class Drain:
         self.worker.loop.create_task(self.worker._finish_stop(2.0))
 
 
+def _stop_when_the_supervisor_dies(supervisor_pid: int) -> None:
+    """A worker must never outlive its supervisor (it would hold the port and serve alone): ask the
+    kernel for SIGINT (a quick stop) when the parent dies, and check it is not already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    except (OSError, AttributeError):  # pragma: no cover - Linux provides prctl
+        pass
+    if os.getppid() != supervisor_pid:
+        sys.exit("wsd worker: the supervisor is gone; exiting")
+
+
 def main() -> int:
     spec = json.loads(os.environ.pop("WSD_WORKER_SPEC"))
+    _stop_when_the_supervisor_dies(spec["supervisor_pid"])
     setup_logging(spec["config"]["log_level"], f"worker {spec['slot']}")
     try:
         from setproctitle import setproctitle

@@ -202,3 +202,17 @@ def test_a_crash_loop_is_reported_clearly(wsd_factory):
     time.sleep(0.5)
     if wsd.status()["workers"][1]["state"] == "crash-loop":  # not in the middle of a new attempt
         assert [wsd.http_get("/healthz")[0] for _ in range(20)] == [200] * 20
+
+
+def test_workers_stop_when_the_supervisor_is_killed(wsd_factory):
+    import psutil
+
+    wsd = wsd_factory(workers=2)
+    pids = wsd.worker_pids()
+    wsd.proc.kill()
+    wsd.proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                                              for p in pids):
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
