@@ -36,6 +36,7 @@ setup(
         "setproctitle>=1.3",
         "httptools>=0.6",
         "orjson>=3.10",
+        "multidict>=6.0",  # server/ws_conformance.py replaces picows's kept headers with an empty one
         "pyroute2>=0.9",
     ],
     extras_require={

@@ -37,7 +37,9 @@ class Config:
     admin_socket: str = "./wsd.sock"
     echo_path: str | None = None
     ring_size: int = 64 * 1024 * 1024  # bytes of shared-memory ring per worker (power of two)
-    channel_table_slots: int = 1 << 18  # channels each worker can sequence
+    # Channels each worker can sequence (90% of the slots). Subscribing looks the table up, so
+    # every worker ends up with pages of every table resident: size it to the load, not larger.
+    channel_table_slots: int = 1 << 16
     stop_timeout: float = 10.0  # seconds a graceful stop may take before workers are killed
     drain_window: float = 30.0  # seconds over which a drain (SIGTERM, reload) spreads its closes
     history_size: int = 100  # messages kept per channel for resume
