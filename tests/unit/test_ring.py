@@ -2,10 +2,11 @@
 against its reference, and one writer racing one reader in another process."""
 
 import mmap
-import multiprocessing
 import os
 import random
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -190,19 +191,28 @@ def test_cython_and_reference_write_identical_bytes_and_read_each_other(entries)
         assert ring_ref.Ring(cython_buf, 0, CAPACITY).read_at(pos) == (tag, payload)
 
 
-def _write_sequence(path: str, capacity: int, count: int) -> None:
-    with open(path, "r+b") as f:
-        mapping = mmap.mmap(f.fileno(), 0)
-    writer = ring.Ring(mapping, 0, capacity)
-    for seq in range(count):
-        writer.append(1, seq_payload(seq))
-        if seq % 256 == 0:
-            time.sleep(0.0002)  # bursts: between them the reader catches up, during them it is lapped
-    os._exit(0)
+# The writer runs as a fresh interpreter (not a fork of the test process, whose threads and
+# state after hundreds of other tests made forked children unreliable).
+_WRITER = """
+import mmap, sys, time
+from ext import ring
+path, capacity, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def seq_payload(seq):
+    filler = bytes([seq % 251]) * (seq * 7919 % 3000)
+    return seq.to_bytes(8, "little") + filler + seq.to_bytes(8, "little")
+with open(path, "r+b") as f:
+    mapping = mmap.mmap(f.fileno(), 0)
+writer = ring.Ring(mapping, 0, capacity)
+for seq in range(count):
+    writer.append(1, seq_payload(seq))
+    if seq % 256 == 0:
+        time.sleep(0.0002)  # bursts: between them the reader catches up, during them it is lapped
+"""
 
 
 def seq_payload(seq: int) -> bytes:
-    """A payload whose every byte is determined by `seq`, so any torn copy is detectable."""
+    """A payload whose every byte is determined by `seq`, so any torn copy is detectable (the
+    writer script above builds the same)."""
     filler = bytes([seq % 251]) * (seq * 7919 % 3000)
     return seq.to_bytes(8, "little") + filler + seq.to_bytes(8, "little")
 
@@ -216,10 +226,10 @@ def test_concurrent_reader_sees_increasing_sequence_and_every_gap_reported_as_lo
         mapping = mmap.mmap(f.fileno(), 0)
         reader = ring.Ring(mapping, 0, capacity)
         reader.init()
-        writer = multiprocessing.get_context("fork").Process(
-            target=_write_sequence, args=(f.name, capacity, count)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, f.name, str(capacity), str(count)], stderr=subprocess.PIPE
         )
-        writer.start()
+        deadline = time.monotonic() + 120
         cursor, last_seq, received, lost_total, lost_unexplained = 0, -1, 0, 0, False
         rng = random.Random(7)
         while True:
@@ -237,10 +247,11 @@ def test_concurrent_reader_sees_increasing_sequence_and_every_gap_reported_as_lo
             if lost:  # the entries returned precede the overrun; the next one may follow a gap
                 lost_total += lost
                 lost_unexplained = True
-            if not entries and not writer.is_alive() and cursor == reader.commit:
+            if not entries and writer.poll() is not None and cursor == reader.commit:
                 break
-        writer.join(30)
-        assert writer.exitcode == 0
+            assert time.monotonic() < deadline, "the writer process did not finish"
+        _, errors = writer.communicate(timeout=30)
+        assert writer.returncode == 0, errors.decode()[-2000:]
         # Either the reader saw the last entry, or it was lapped at the very end and told so.
         assert last_seq == count - 1 or lost_unexplained
         assert received > 100, (received, lost_total)
