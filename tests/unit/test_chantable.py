@@ -2,8 +2,9 @@
 reference, and seqlock readers in another process never seeing a half-written entry."""
 
 import mmap
-import multiprocessing
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -101,14 +102,19 @@ def test_cython_and_reference_write_identical_bytes_and_read_each_other(puts):
         assert crossed_ref.get(h) == crossed_cython.get(h) is not None
 
 
-def _update_forever(path: str, slots: int, updates: int) -> None:
-    with open(path, "r+b") as f:
-        mapping = mmap.mmap(f.fileno(), 0)
-    table = chantable.ChannelTable(mapping, 0, slots)
-    for i in range(1, updates + 1):
-        # Every field derived from i: a reader mixing two updates sees fields that disagree.
-        table.put(777, i & 0xFFFFFFFF, i, i * 2, i * 3)
-    os._exit(0)
+# The writer runs as a fresh interpreter (not a fork of the test process, whose threads and
+# state after hundreds of other tests made forked children unreliable).
+_WRITER = """
+import mmap, sys
+from ext import chantable
+path, slots, updates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(path, "r+b") as f:
+    mapping = mmap.mmap(f.fileno(), 0)
+table = chantable.ChannelTable(mapping, 0, slots)
+for i in range(1, updates + 1):
+    # Every field derived from i: a reader mixing two updates sees fields that disagree.
+    table.put(777, i & 0xFFFFFFFF, i, i * 2, i * 3)
+"""
 
 
 def test_seqlock_readers_in_another_process_see_consistent_entries():
@@ -119,12 +125,11 @@ def test_seqlock_readers_in_another_process_see_consistent_entries():
         table = chantable.ChannelTable(mapping, 0, slots)
         table.init()
         table_ref_view = chantable_ref.ChannelTable(mapping, 0, slots)
-        writer = multiprocessing.get_context("fork").Process(target=_update_forever,
-                                                             args=(f.name, slots, updates))
-        writer.start()
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, f.name, str(slots), str(updates)],
+                                  stderr=subprocess.PIPE)
         reads, last_off = 0, 0
         deadline = time.monotonic() + 60  # a writer that failed at once must not hang the test
-        while writer.is_alive() or (reads == 0 and time.monotonic() < deadline):
+        while writer.poll() is None or (reads == 0 and time.monotonic() < deadline):
             entry = table.get(777)
             if entry is None:
                 continue
@@ -133,8 +138,8 @@ def test_seqlock_readers_in_another_process_see_consistent_entries():
             assert off >= last_off  # single writer, increasing values: never goes back
             last_off = off
             reads += 1
-        writer.join(30)
-        assert writer.exitcode == 0, f"the writer process failed (exit code {writer.exitcode})"
+        _, errors = writer.communicate(timeout=30)
+        assert writer.returncode == 0, f"the writer process failed: {errors.decode()[-2000:]}"
         assert table.get(777) == (updates, updates, updates * 2, updates * 3)
         assert table_ref_view.get(777) == (updates, updates, updates * 2, updates * 3)
         assert reads > 100
