@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from picows import WSCloseCode, WSMsgType
 
 from ext.frames import msg_frame
-from ext.hashing import channel_hash
 from server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
     ErrorReply,
@@ -108,6 +107,3 @@ class ClientSession(ConformingListener):
             for channel in self.channels:
                 self.worker.unsubscribe(self, channel)
         self.channels = None
-
-    def chan_hashes(self) -> list[int]:
-        return [channel_hash(c.encode()) for c in self.channels or ()]

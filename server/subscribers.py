@@ -45,10 +45,6 @@ class SubscriberIndex:
             return True
         return False
 
-    def has(self, chan_hash: int, transport: Any) -> bool:
-        members = self.by_channel.get(chan_hash)
-        return members is not None and transport in members
-
     def fan_out(self, chan_hash: int, channel: bytes, offset: int, data: bytes) -> int:
         """Queue one message for the channel's current subscribers; `flush` writes it."""
         members = self.by_channel.get(chan_hash)

@@ -258,12 +258,11 @@ class Worker:
 
     def subscribe(self, session: ClientSession, channel: str) -> tuple[int, int]:
         chan_hash = channel_hash(channel.encode())
-        first = self.subscribers.add(chan_hash, session.raw, session)
-        if not first:
-            epoch, offset = self.channel_position(channel)
-            return epoch, offset
-        # First local subscriber: start tracking; the catch-up inside may deliver to others.
-        self.subscribers.remove(chan_hash, session.raw)
+        if chan_hash in self.subscribers.by_channel:
+            self.subscribers.add(chan_hash, session.raw, session)
+            return self.channel_position(channel)
+        # First local subscriber: start tracking first; the catch-up inside may deliver to others,
+        # and this session must only get what follows the position it is told.
         epoch, offset = self.bus.subscribe(channel)
         self.subscribers.add(chan_hash, session.raw, session)
         return epoch, offset
