@@ -4,17 +4,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp-install
-SOURCES := setup.py pyproject.toml $(wildcard ext/*.pyx ext/*.pxd)
+# Everything that goes into the installed package: a change to any of it reinstalls.
+SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
+	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
 .PHONY: run test install lint clean autobahn bench-fanout bench-connections system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel Cython
+	$(PIP) install -q --upgrade pip 'setuptools>=68' wheel 'Cython>=3.0'
 
-# Reinstall only when the build inputs change: re-running `make run` is fast.
+# wsd is installed into the venv as a user installs it (`pip install .`, not editable), so the tests
+# run the installed package. Reinstall only when a source changed: the Cython objects in build/ are
+# reused (a few seconds), and build/lib's Python files are dropped first so a removed module does not
+# linger in the installed package.
 $(STAMP): $(PY) $(SOURCES)
-	$(PIP) install -q -e '.[test]'
+	rm -rf build/lib.*/wsd/server build/lib.*/wsd/balancer build/lib.*/wsd/ext/*.py
+	$(PIP) install -q --no-build-isolation '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -62,4 +68,4 @@ bench-peers: install
 	flock /tmp/wsd-bench.lock $(PY) bench/peers/run.py --setup --tag 2core-10k
 
 clean:
-	rm -rf build *.egg-info ext/*.c ext/*.so $(VENV)
+	rm -rf build dist *.egg-info ext/*.c ext/*.so $(VENV)

@@ -1,49 +1,61 @@
-"""Build wsd: the Python packages, the Cython extensions in ext/, and the `wsd` command."""
+"""Build wsd: one import package, `wsd`, mapped from the repository's layout, with its Cython
+extensions. Metadata, dependencies and the `wsd` command are in pyproject.toml.
 
+    server/   -> wsd.server     (supervisor, workers, protocol, admin; static/ holds what it serves)
+    ext/      -> wsd.ext        (Cython hot paths, each with a pure-Python reference)
+    balancer/ -> wsd.balancer   (the hash front's control plane)
+
+`wsd` itself is a namespace package: it holds no code of its own, so it needs no directory.
+"""
+
+import os
 from pathlib import Path
 
 from Cython.Build import cythonize
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
+PACKAGE_DIRS = {"wsd.server": "server", "wsd.ext": "ext", "wsd.balancer": "balancer"}
+
+
+def packages() -> dict[str, str]:
+    """Every package under the mapped directories (each directory with an __init__.py) -> its directory."""
+    found = {}
+    for package, directory in PACKAGE_DIRS.items():
+        for init in sorted((HERE / directory).rglob("__init__.py")):
+            relative = init.parent.relative_to(HERE)
+            found[".".join((package, *init.parent.relative_to(HERE / directory).parts))] = relative.as_posix()
+    found["wsd.server.static"] = "server/static"  # data only: the demo page and wsd.js
+    return found
+
+
+def cython_include_dir() -> str:
+    """Cython resolves `cimport wsd.ext.atomics` to wsd/ext/atomics.pxd on its include path, but the
+    sources live in ext/: give it a wsd/ext that is the ext directory."""
+    include = HERE / "build" / "cython-include"
+    link = include / "wsd" / "ext"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        os.symlink(os.path.relpath(HERE / "ext", link.parent), link)
+    return str(include)
+
 
 # One extension per ext/*.pyx: each module is one concept (ring, record codec, ...).
 extensions = [
-    Extension(
-        f"ext.{pyx.stem}",
-        [f"ext/{pyx.name}"],
-        extra_compile_args=["-O2"],
-    )
+    Extension(f"wsd.ext.{pyx.stem}", [f"ext/{pyx.name}"], extra_compile_args=["-O2"])
     for pyx in sorted((HERE / "ext").glob("*.pyx"))
 ]
 
+PACKAGES = packages()
 setup(
-    name="wsd",
-    version="0.1.0",
-    description="A WebSocket push server that scales from one box to many",
-    packages=find_packages(include=["server", "server.*", "ext", "balancer", "balancer.*"]),
-    package_data={"server": ["static/*"], "ext": ["*.pxd", "*.pyx"]},
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={"wsd.server.static": ["*"], "wsd.ext": ["*.pxd", "*.pyx"]},
+    exclude_package_data={"wsd.ext": ["*.c"]},
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=[cython_include_dir()],
         compiler_directives={"boundscheck": False, "wraparound": False},
     ),
-    python_requires=">=3.11",
-    install_requires=[
-        "picows>=2.3",
-        "uvloop>=0.21",
-        "psutil>=5.9",
-        "setproctitle>=1.3",
-        "httptools>=0.6",
-        "orjson>=3.10",
-        "multidict>=6.0",  # server/ws_conformance.py replaces picows's kept headers with an empty one
-        "pyroute2>=0.9",
-    ],
-    extras_require={
-        "test": [
-            "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "websockets>=13", "ruff>=0.5",
-            "locust>=2.40", "matplotlib>=3.8",  # bench/locustfile.py and the plot of bench/connections.py
-        ],  # fmt: skip
-    },
-    entry_points={"console_scripts": ["wsd=server.cli:main"]},
 )

@@ -1,7 +1,7 @@
-"""`python -m balancer ARGS...`: the same as `wsd balancer ARGS...`."""
+"""`python -m wsd.balancer ARGS...`: the same as `wsd balancer ARGS...`."""
 
 import sys
 
-from balancer.cli import main
+from wsd.balancer.cli import main
 
 sys.exit(main(sys.argv[1:]))

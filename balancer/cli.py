@@ -10,9 +10,9 @@ import logging
 import signal
 import sys
 
-from balancer.admin import format_status, request, serve_admin
-from balancer.config import MODES, BalancerConfig, ConfigError, build_config, load_toml
-from balancer.controller import Balancer
+from wsd.balancer.admin import format_status, request, serve_admin
+from wsd.balancer.config import MODES, BalancerConfig, ConfigError, build_config, load_toml
+from wsd.balancer.controller import Balancer
 
 log = logging.getLogger("wsd.balancer")
 
@@ -63,14 +63,14 @@ def status_main(argv: list[str]) -> int:
 def make_data_plane(config: BalancerConfig):
     # Imported lazily: ecmp needs pyroute2, and proxy mode must work on hosts without it.
     if config.mode == "ecmp":
-        from balancer.ecmp import EcmpDataPlane
+        from wsd.balancer.ecmp import EcmpDataPlane
 
         return EcmpDataPlane(config)
     if config.mode == "nft":
-        from balancer.nft import NftDataPlane
+        from wsd.balancer.nft import NftDataPlane
 
         return NftDataPlane(config)
-    from balancer.proxy import ProxyDataPlane
+    from wsd.balancer.proxy import ProxyDataPlane
 
     return ProxyDataPlane(config)
 

@@ -8,8 +8,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from balancer.maglev import DEFAULT_TABLE_SIZE, is_prime
-from balancer.table import DEFAULT_HASH_SEED
+from wsd.balancer.maglev import DEFAULT_TABLE_SIZE, is_prime
+from wsd.balancer.table import DEFAULT_HASH_SEED
 
 MODES = ("ecmp", "nft", "proxy")
 

@@ -20,8 +20,8 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from balancer.config import BalancerConfig, Endpoint
-from balancer.health import BackendHealth, HealthState, ProbeResult, probe
+from wsd.balancer.config import BalancerConfig, Endpoint
+from wsd.balancer.health import BackendHealth, HealthState, ProbeResult, probe
 
 log = logging.getLogger("wsd.balancer")
 

@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, nla, nlmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from balancer.config import BalancerConfig, Endpoint
+from wsd.balancer.config import BalancerConfig, Endpoint
 
 log = logging.getLogger("wsd.balancer.ecmp")
 

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from enum import Enum
 
-from balancer.config import Endpoint
+from wsd.balancer.config import Endpoint
 
 
 class HealthState(Enum):

@@ -3,7 +3,7 @@
 The table is a pure function of the backend *set* and the table size (Eisenbud et al., NSDI 2016,
 section 3.4): every front host that sees the same healthy backends computes the same table, so
 several fronts agree without talking. `populate_reference` is the paper's algorithm in plain Python,
-kept for the tests; `populate` runs the same loop in Cython (`ext.maglev`) when it is built.
+kept for the tests; `populate` runs the same loop in Cython (`wsd.ext.maglev`) when it is built.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def populate_reference(offsets: Sequence[int], skips: Sequence[int], table_size:
 
 
 def populate(offsets: Sequence[int], skips: Sequence[int], table_size: int) -> list[int]:
-    """`populate_reference`, in Cython when `ext.maglev` is built (about 50x faster)."""
+    """`populate_reference`, in Cython when `wsd.ext.maglev` is built (about 50x faster)."""
     try:
-        from ext.maglev import populate as populate_fast
+        from wsd.ext.maglev import populate as populate_fast
     except ImportError:  # not built (e.g. a source checkout without `pip install -e .`)
         return populate_reference(offsets, skips, table_size)
     return list(populate_fast(list(offsets), list(skips), table_size))

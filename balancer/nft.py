@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from collections import Counter
 
-from balancer.config import BalancerConfig, Endpoint
-from balancer.table import LookupTable
+from wsd.balancer.config import BalancerConfig, Endpoint
+from wsd.balancer.table import LookupTable
 
 log = logging.getLogger("wsd.balancer.nft")
 

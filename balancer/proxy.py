@@ -16,8 +16,8 @@ import socket
 from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
-from balancer.config import BalancerConfig, Endpoint
-from balancer.table import LookupTable
+from wsd.balancer.config import BalancerConfig, Endpoint
+from wsd.balancer.table import LookupTable
 
 log = logging.getLogger("wsd.balancer.proxy")
 

@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from balancer.flowhash import flow_bucket, key_bucket
-from balancer.maglev import DEFAULT_TABLE_SIZE, build_table
+from wsd.balancer.flowhash import flow_bucket, key_bucket
+from wsd.balancer.maglev import DEFAULT_TABLE_SIZE, build_table
 
 # Fixed, not random: every front host must hash a flow to the same bucket, and nft's own default
 # would pick a random seed per rule load.

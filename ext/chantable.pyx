@@ -9,7 +9,7 @@ docs/bus.md ("Memory layouts"); reference implementation: ext/chantable_ref.py.
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from ext.atomics cimport (
+from wsd.ext.atomics cimport (
     wsd_cpu_relax,
     wsd_fence_acquire,
     wsd_fence_release,

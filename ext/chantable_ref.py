@@ -1,4 +1,4 @@
-"""Pure-Python reference of ext.chantable: the owner's per-channel state, readable by every slot.
+"""Pure-Python reference of wsd.ext.chantable: the owner's per-channel state, readable by every slot.
 
 Open addressing with linear probing over 64-byte entries, each guarded by a seqlock (`seq` odd while
 the single writer updates it). Entries are never deleted, so an empty entry ends a probe. This module

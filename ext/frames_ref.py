@@ -1,4 +1,4 @@
-"""Pure-Python reference of ext.frames: server-to-client WebSocket text frames, encoded once per worker.
+"""Pure-Python reference of wsd.ext.frames: server-to-client WebSocket text frames, encoded once per worker.
 
 A message is framed once and the same bytes are written to every subscriber's transport.
 """

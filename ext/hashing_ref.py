@@ -1,6 +1,6 @@
-"""Pure-Python reference of ext.hashing: the 64-bit channel hash that picks a channel's owner slot.
+"""Pure-Python reference of wsd.ext.hashing: the 64-bit channel hash that picks a channel's owner slot.
 
-It is the specification the Cython module is tested against; the server imports ext.hashing.
+It is the specification the Cython module is tested against; the server imports wsd.ext.hashing.
 """
 
 FNV64_OFFSET_BASIS = 0xCBF29CE484222325

@@ -8,7 +8,7 @@ negative while the owning slot keeps its per-bucket reference counts. Reference:
 from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
-from ext.atomics cimport wsd_fence_seq_cst, wsd_load_acquire_u8, wsd_store_release_u8
+from wsd.ext.atomics cimport wsd_fence_seq_cst, wsd_load_acquire_u8, wsd_store_release_u8
 
 
 cdef class InterestMap:

@@ -1,4 +1,4 @@
-"""Pure-Python reference of ext.interest: one byte per bucket saying whether a slot has subscribers.
+"""Pure-Python reference of wsd.ext.interest: one byte per bucket saying whether a slot has subscribers.
 
 Layout: `buckets` bytes at `offset` (region rounded up to 8 bytes); bucket = chan_hash % buckets,
 non-zero = interested. Single writer (the owning slot), read by channel owners before ringing it.

@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Maglev table population, the hot loop of `balancer.maglev` (same algorithm as
-`balancer.maglev.populate_reference`, which the tests use to cross-check this one)."""
+"""Maglev table population, the hot loop of `wsd.balancer.maglev` (same algorithm as
+`wsd.balancer.maglev.populate_reference`, which the tests use to cross-check this one)."""
 
 from libc.stdlib cimport free, malloc
 

@@ -1,4 +1,4 @@
-"""Pure-Python reference of ext.record: the bus record codec (payloads of ring entries).
+"""Pure-Python reference of wsd.ext.record: the bus record codec (payloads of ring entries).
 
 A MSG is a sequenced message on a channel, written by the channel's owner; a PUBREQ is a publish
 request from another slot to that owner. Layouts are in docs/bus.md ("Memory layouts"); decoding

@@ -9,7 +9,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from ext.atomics cimport (
+from wsd.ext.atomics cimport (
     wsd_fence_acquire,
     wsd_fence_seq_cst,
     wsd_load_acquire_u64,

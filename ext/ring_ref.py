@@ -1,7 +1,7 @@
-"""Pure-Python reference of ext.ring: a one-writer, many-reader ring of variable-length entries.
+"""Pure-Python reference of wsd.ext.ring: a one-writer, many-reader ring of variable-length entries.
 
 This is the executable specification of the layout and protocol (see docs/bus.md, "Memory layouts");
-it is not atomic. The server uses ext.ring; tests check the two are byte-for-byte interchangeable.
+it is not atomic. The server uses wsd.ext.ring; tests check the two are byte-for-byte interchangeable.
 """
 
 import struct

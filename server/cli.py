@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from server.admin import DEFAULT_ADMIN_SOCKET
+from wsd.server.admin import DEFAULT_ADMIN_SOCKET
 
 
 def _workers(value: str) -> int | str:
@@ -50,9 +50,9 @@ def serve_parser() -> argparse.ArgumentParser:
 
 
 def serve(argv: list[str]) -> int:
-    from server.config import ConfigError, build_config, load_toml
-    from server.listeners import BindError
-    from server.logs import setup_logging
+    from wsd.server.config import ConfigError, build_config, load_toml
+    from wsd.server.listeners import BindError
+    from wsd.server.logs import setup_logging
 
     args = vars(serve_parser().parse_args(argv))
     config_file = args.pop("config")
@@ -69,8 +69,8 @@ def serve(argv: list[str]) -> int:
         setproctitle("wsd: supervisor")
     except ImportError:  # pragma: no cover
         pass
-    from server.admin import AdminSocketError
-    from server.supervisor import Supervisor
+    from wsd.server.admin import AdminSocketError
+    from wsd.server.supervisor import Supervisor
 
     try:
         return Supervisor(config, config_file, {k: v for k, v in args.items() if v is not None}).run()
@@ -79,7 +79,17 @@ def serve(argv: list[str]) -> int:
         return 1
 
 
-USAGE = """usage: wsd COMMAND [ARGS]
+def installed_version() -> str:
+    """The version of the installed `wsd` distribution (one source: pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wsd")
+    except PackageNotFoundError:  # pragma: no cover - running from sources that were never installed
+        return "unknown (not installed)"
+
+
+USAGE = """usage: wsd COMMAND [ARGS]   (wsd --version: the installed version)
 
 commands:
   serve      run the WebSocket push server (wsd serve --help)
@@ -93,15 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"wsd {installed_version()}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "serve":
         return serve(rest)
     if command == "ctl":
-        from server.ctl import main as ctl_main
+        from wsd.server.ctl import main as ctl_main
 
         return ctl_main(rest)
     if command == "balancer":
-        from balancer.cli import main as balancer_main
+        from wsd.balancer.cli import main as balancer_main
 
         return balancer_main(rest)
     print(f"wsd: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")

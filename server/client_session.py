@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSMsgType
 
-from ext.frames import msg_frame
-from server.protocol import (
+from wsd.ext.frames import msg_frame
+from wsd.server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
     ErrorReply,
     Publish,
@@ -21,10 +21,10 @@ from server.protocol import (
     ok_reply,
     parse_request,
 )
-from server.ws_conformance import ConformingListener
+from wsd.server.ws_conformance import ConformingListener
 
 if TYPE_CHECKING:
-    from server.worker import Worker
+    from wsd.server.worker import Worker
 
 
 class ClientSession(ConformingListener):

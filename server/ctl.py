@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.admin import DEFAULT_ADMIN_SOCKET, MAX_REQUEST_BYTES
+from wsd.server.admin import DEFAULT_ADMIN_SOCKET, MAX_REQUEST_BYTES
 
 PROG = "wsd ctl"
 # A reply bigger than this is not something wsd sends; stop reading instead of growing forever.

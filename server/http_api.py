@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 import httptools
 import orjson
 
-from server.channel_names import channel_name_error
+from wsd.server.channel_names import channel_name_error
 
 logger = logging.getLogger(__name__)
 

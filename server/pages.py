@@ -7,8 +7,8 @@ from pathlib import Path
 
 from picows import WSUpgradeResponse
 
+# Inside the installed package (package data): served the same from a wheel, an sdist or a checkout.
 STATIC_DIR = Path(__file__).parent / "static"
-CLIENT_JS = Path(__file__).parent.parent / "clients" / "js" / "wsd.js"
 
 _ROUTES = {
     b"/": ("index.html", "text/html; charset=utf-8"),
@@ -19,11 +19,8 @@ _ROUTES = {
 
 @cache
 def _read(name: str) -> bytes | None:
-    path = STATIC_DIR / name
-    if name == "wsd.js" and CLIENT_JS.exists():
-        path = CLIENT_JS  # served from the repository's client while developing
     try:
-        return path.read_bytes()
+        return (STATIC_DIR / name).read_bytes()
     except FileNotFoundError:
         return None
 

@@ -3,7 +3,7 @@
 Clients send JSON objects on `/ws`:
   {"op":"sub","ch":NAME,"id":N}   {"op":"unsub","ch":NAME,"id":N}   {"op":"pub","ch":NAME,"data":ANY,"id":N}
 and get `{"op":"ok","id":N,...}`, `{"op":"err","id":N,"code":C,"msg":TEXT}` and deliveries
-`{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in ext.frames). See docs/protocol.md.
+`{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in wsd.ext.frames). See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from server.channel_names import channel_name_error
+from wsd.server.channel_names import channel_name_error
 
 # Error codes carried in `err` replies (stable strings: clients switch on them).
 BAD_JSON = "bad_json"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ext.frames import msg_frame, write_frame_to_all
+from wsd.ext.frames import msg_frame, write_frame_to_all
 
 
 class SubscriberIndex:

@@ -31,10 +31,10 @@ from typing import Any
 
 import psutil
 
-from server.admin import AdminCommandError, AdminServer
-from server.bus.doorbell import bind_doorbell
-from server.bus.segment import MAX_SLOTS, Segment, SegmentLayout, segment_path
-from server.config import (
+from wsd.server.admin import AdminCommandError, AdminServer
+from wsd.server.bus.doorbell import bind_doorbell
+from wsd.server.bus.segment import MAX_SLOTS, Segment, SegmentLayout, segment_path
+from wsd.server.config import (
     Config,
     ConfigError,
     build_config,
@@ -42,7 +42,7 @@ from server.config import (
     per_worker_connection_limit,
     resolve_worker_count,
 )
-from server.listeners import reuseport_socket, slot_sockets
+from wsd.server.listeners import reuseport_socket, slot_sockets
 
 log = logging.getLogger("wsd.supervisor")
 
@@ -54,6 +54,9 @@ LOOP_TIMEOUT_S = 0.5
 BUSY_LOOP_TIMEOUT_S = 0.05  # while a reload waits for a new process
 RELOAD_READY_TIMEOUT_S = 30.0
 STATS_FRESH_S = 2.0
+# -P: the worker's working directory (the user's, often holding folders named like ours) is not put
+# on sys.path, so nothing there can shadow the installed package.
+WORKER_COMMAND = [sys.executable, "-P", "-m", "wsd.server.worker"]
 
 
 @dataclass
@@ -461,7 +464,7 @@ class Supervisor:
         self.segments[bus_slot].set_drain_window_s(0)
         env = dict(os.environ, WSD_WORKER_SPEC=json.dumps(spec))
         fds = (slot.ws_socket.fileno(), slot.api_socket.fileno(), self.doorbells[bus_slot].fileno())
-        popen = subprocess.Popen([sys.executable, "-m", "server.worker"], env=env, pass_fds=fds)
+        popen = subprocess.Popen(WORKER_COMMAND, env=env, pass_fds=fds)
         if not standby and slot.state in ("dead", "crash-loop"):
             slot.restarts += 1
         if slot.state != "crash-loop":

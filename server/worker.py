@@ -1,7 +1,7 @@
 """A worker process: one uvloop loop serving WebSocket (picows) and the publish API on its slot's
 SO_REUSEPORT sockets, wired to the cross-worker bus.
 
-Started by the supervisor as `python -m server.worker` with its sockets inherited and a JSON spec
+Started by the supervisor as `python -P -m wsd.server.worker` with its sockets inherited and a JSON spec
 in the WSD_WORKER_SPEC environment variable; it shares nothing with other workers but the bus.
 """
 
@@ -23,18 +23,18 @@ import picows
 import uvloop
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from ext.hashing import channel_hash
-from server.bus.doorbell import Doorbells
-from server.bus.engine import BusEngine, BusError
-from server.bus.segment import Segment
-from server.client_session import ClientSession
-from server.config import Config
-from server.http_api import PublishError, make_api_protocol_factory, start_api_server
-from server.logs import setup_logging
-from server.pages import static_response
-from server.protocol import PUBLISH_FAILED, Publish, err_reply, ok_reply
-from server.subscribers import SubscriberIndex
-from server.ws_conformance import EchoListener, picows_server_kwargs
+from wsd.ext.hashing import channel_hash
+from wsd.server.bus.doorbell import Doorbells
+from wsd.server.bus.engine import BusEngine, BusError
+from wsd.server.bus.segment import Segment
+from wsd.server.client_session import ClientSession
+from wsd.server.config import Config
+from wsd.server.http_api import PublishError, make_api_protocol_factory, start_api_server
+from wsd.server.logs import setup_logging
+from wsd.server.pages import static_response
+from wsd.server.protocol import PUBLISH_FAILED, Publish, err_reply, ok_reply
+from wsd.server.subscribers import SubscriberIndex
+from wsd.server.ws_conformance import EchoListener, picows_server_kwargs
 
 log = logging.getLogger("wsd.worker")
 
@@ -295,7 +295,7 @@ class Worker:
         self._await_ack(token, (session, request.id))
 
     async def publish(self, channel: str, data_json: bytes) -> int:
-        """The publish API's entry point (server.http_api calls it)."""
+        """The publish API's entry point (wsd.server.http_api calls it)."""
         outcome = self.start_publish(channel, data_json)
         return outcome if isinstance(outcome, int) else await outcome
 

@@ -1,4 +1,4 @@
-"""A Python client that follows the same reconnect and resume rules as clients/js/wsd.js.
+"""A Python client that follows the same reconnect and resume rules as server/static/wsd.js.
 
 Reconnects on 1012/1013/1006/1001 with exponential backoff and full jitter, stops on 1008, and
 resubscribes every channel with `since` so the application sees each message once, in order.

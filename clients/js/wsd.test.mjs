@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { backoffDelay, connect, DEFAULTS } from "./wsd.js";
+import { backoffDelay, connect, DEFAULTS } from "../../server/static/wsd.js";
 
 /** A WebSocket stand-in: records what the client sends; the test plays the server. */
 class FakeSocket {

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import socket
 
-from ext.atomics import exchange_u32, fence, store_u32
-from server.bus.segment import PENDING_FLAG_AT, Segment
+from wsd.ext.atomics import exchange_u32, fence, store_u32
+from wsd.server.bus.segment import PENDING_FLAG_AT, Segment
 
 
 def doorbell_address(run_id: str, slot: int) -> bytes:

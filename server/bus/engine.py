@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ext.atomics import fence
-from ext.chantable import TableFullError
-from ext.hashing import channel_hash
-from ext.record import (
+from wsd.ext.atomics import fence
+from wsd.ext.chantable import TableFullError
+from wsd.ext.hashing import channel_hash
+from wsd.ext.record import (
     TAG_MSG,
     TAG_PUBREQ,
     decode_msg,
@@ -43,7 +43,7 @@ from ext.record import (
     peek_msg_chan_hash,
     peek_pubreq_target,
 )
-from server.bus.segment import Segment
+from wsd.server.bus.segment import Segment
 
 log = logging.getLogger("wsd.bus")
 

@@ -11,9 +11,9 @@ import os
 import struct
 from dataclasses import dataclass
 
-from ext.chantable import ChannelTable
-from ext.interest import InterestMap
-from ext.ring import Ring
+from wsd.ext.chantable import ChannelTable
+from wsd.ext.interest import InterestMap
+from wsd.ext.ring import Ring
 
 MAGIC = 0x3130474553445357  # b"WSDSEG01" little-endian
 MAX_SLOTS = 256

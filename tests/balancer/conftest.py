@@ -78,13 +78,13 @@ class Front:
         arguments = ["--vip", f"{VIP}:{PORT}", "--mode", self.mode, "--admin-socket", self.admin_socket]
         for name in self.backend_names:
             arguments += ["--backend", name]
-        self.balancer = self.lab.spawn(self.lab.front, PYTHON, "-m", "balancer", *arguments, *extra,
+        self.balancer = self.lab.spawn(self.lab.front, PYTHON, "-m", "wsd.balancer", *arguments, *extra,
                                        log_name="balancer")
         self.wait_until(lambda: sum(entry["in_table"] for entry in self.status()["backends"]) == 3,
                         timeout=15, what="all 3 backends in the table")
 
     def status(self) -> dict:
-        result = subprocess.run([PYTHON, "-m", "balancer", "status", "--json", "--admin-socket", self.admin_socket],
+        result = subprocess.run([PYTHON, "-m", "wsd.balancer", "status", "--json", "--admin-socket", self.admin_socket],
                                 capture_output=True, text=True, cwd=REPO)
         if result.returncode != 0:
             return {"backends": [], "changes": [], "error": result.stderr}

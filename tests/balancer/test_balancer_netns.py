@@ -14,7 +14,7 @@ import pytest
 from netlab import CLIENT_IPS, PORT, REPO, VIP
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from balancer.table import LookupTable
+from wsd.balancer.table import LookupTable
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

@@ -3,12 +3,12 @@ policy and the nft update batch."""
 
 import pytest
 
-from balancer.config import ConfigError, build_config
-from balancer.controller import Balancer
-from balancer.health import BackendHealth, HealthState, ProbeResult
-from balancer.nft import update_batch
-from balancer.proxy import route_key_of
-from balancer.table import LookupTable
+from wsd.balancer.config import ConfigError, build_config
+from wsd.balancer.controller import Balancer
+from wsd.balancer.health import BackendHealth, HealthState, ProbeResult
+from wsd.balancer.nft import update_batch
+from wsd.balancer.proxy import route_key_of
+from wsd.balancer.table import LookupTable
 
 OK, DRAINING, REFUSED = ProbeResult(200), ProbeResult(503), ProbeResult(None, "ConnectionRefusedError")
 
@@ -104,7 +104,7 @@ def test_route_key_is_read_from_the_handshake_path():
 
 
 def test_status_table_shows_health_share_and_changes():
-    from balancer.admin import format_status
+    from wsd.balancer.admin import format_status
 
     text = format_status({
         "mode": "nft", "vip": "10.99.0.1:8080", "uptime_s": 3.0, "health_rounds": 3,

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from server import ctl
-from server.admin import MAX_REQUEST_BYTES, AdminCommandError, AdminServer, AdminSocketError
+from wsd.server import ctl
+from wsd.server.admin import MAX_REQUEST_BYTES, AdminCommandError, AdminServer, AdminSocketError
 
 STATUS_RESULT = {
     "supervisor": {"pid": 4242, "uptime_s": 3725.5, "state": "running", "epoch": 3},

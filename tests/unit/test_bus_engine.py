@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext.hashing import channel_hash
-from server.bus.engine import BusEngine
-from server.bus.segment import Segment, SegmentLayout
+from wsd.ext.hashing import channel_hash
+from wsd.server.bus.engine import BusEngine
+from wsd.server.bus.segment import Segment, SegmentLayout
 
 
 class Cluster:

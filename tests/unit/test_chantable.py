@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext import chantable, chantable_ref
+from wsd.ext import chantable, chantable_ref
 
 IMPLEMENTATIONS = [chantable.ChannelTable, chantable_ref.ChannelTable]
 
@@ -106,7 +106,7 @@ def test_cython_and_reference_write_identical_bytes_and_read_each_other(puts):
 # state after hundreds of other tests made forked children unreliable).
 _WRITER = """
 import mmap, sys
-from ext import chantable
+from wsd.ext import chantable
 path, slots, updates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with open(path, "r+b") as f:
     mapping = mmap.mmap(f.fileno(), 0)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ext import frames, frames_ref
+from wsd.ext import frames, frames_ref
 
 IMPLEMENTATIONS = [frames, frames_ref]
 CHANNEL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:.-@"

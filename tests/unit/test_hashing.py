@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ext import hashing, hashing_ref
+from wsd.ext import hashing, hashing_ref
 
 # Published FNV-1a 64-bit test vectors (Fowler/Noll/Vo reference test suite).
 KNOWN_VECTORS = [

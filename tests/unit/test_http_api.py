@@ -19,8 +19,8 @@ import httptools
 import pytest
 import uvloop
 
-from server.channel_names import channel_name_error
-from server.http_api import PublishError, make_api_protocol_factory, start_api_server
+from wsd.server.channel_names import channel_name_error
+from wsd.server.http_api import PublishError, make_api_protocol_factory, start_api_server
 
 SOCKET_TIMEOUT_SECONDS = 5.0
 
@@ -559,7 +559,7 @@ def test_unexpected_publisher_exception_is_500_logged_and_the_server_stays_up(
 ) -> None:
     api.publisher.failures["boom"].append(RuntimeError("ring is on fire"))
     conn = api.connection()
-    with caplog.at_level(logging.ERROR, logger="server.http_api"):
+    with caplog.at_level(logging.ERROR, logger="wsd.server.http_api"):
         response = request(conn, "POST", "/api/publish", {"channel": "boom", "data": 1})
     assert_json_error(response, 500, "internal error", "ring is on fire")
     assert any(record.exc_info and "boom" in record.getMessage() for record in caplog.records)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ext import interest, interest_ref
+from wsd.ext import interest, interest_ref
 
 IMPLEMENTATIONS = [interest.InterestMap, interest_ref.InterestMap]
 

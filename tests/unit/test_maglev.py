@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancer.maglev import build_table, is_prime, permutation_parameters, populate_reference
+from wsd.balancer.maglev import build_table, is_prime, permutation_parameters, populate_reference
 
-ext_maglev = pytest.importorskip("ext.maglev", reason="ext.maglev is not built: run pip install -e .")
+ext_maglev = pytest.importorskip("wsd.ext.maglev", reason="wsd.ext.maglev is not built: run make install")
 
 PRIMES = [7, 13, 101, 251, 1021, 4099]
 

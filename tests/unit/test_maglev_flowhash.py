@@ -2,8 +2,8 @@
 
 import pytest
 
-from balancer.flowhash import flow_bucket, jhash, reciprocal_scale, source_key
-from balancer.table import LookupTable
+from wsd.balancer.flowhash import flow_bucket, jhash, reciprocal_scale, source_key
+from wsd.balancer.table import LookupTable
 
 # Known answers of Bob Jenkins' lookup3 hashlittle(), which Linux jhash() is for lengths that are
 # not multiples of 4 and for multiples of 4 read little-endian (lookup3.c driver5()).

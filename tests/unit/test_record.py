@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext import record, record_ref
+from wsd.ext import record, record_ref
 
 CODECS = [record, record_ref]
 u16 = st.integers(0, 2**16 - 1)

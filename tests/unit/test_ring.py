@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext import atomics, ring, ring_ref
+from wsd.ext import atomics, ring, ring_ref
 
 IMPLEMENTATIONS = [ring.Ring, ring_ref.Ring]
 CAPACITY = 4096
@@ -195,7 +195,7 @@ def test_cython_and_reference_write_identical_bytes_and_read_each_other(entries)
 # state after hundreds of other tests made forked children unreliable).
 _WRITER = """
 import mmap, sys, time
-from ext import ring
+from wsd.ext import ring
 path, capacity, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def seq_payload(seq):
     filler = bytes([seq % 251]) * (seq * 7919 % 3000)

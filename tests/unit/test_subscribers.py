@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ext.frames import msg_frame
-from server.subscribers import SubscriberIndex
+from wsd.ext.frames import msg_frame
+from wsd.server.subscribers import SubscriberIndex
 
 
 class RecordingTransport:
