@@ -20,7 +20,7 @@ MAX_CHANNEL_LENGTH = 255
 # PUBREQ: token, ts_ns, chan_hash (u64), data_len (u32), target_slot, origin_slot (u16),
 # channel_len (u8), reserved (u8, 0), then channel bytes and data bytes.
 
-cdef enum:
+cpdef enum:  # cpdef: the header sizes are also Python-visible (size checks at publish time)
     MSG_HEADER_SIZE = 52
     MSG_CHAN_HASH_OFFSET = 32
     PUBREQ_HEADER_SIZE = 34

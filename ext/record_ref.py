@@ -20,6 +20,8 @@ MSG_HEADER = struct.Struct("<QQQQQIIHBB")
 # PUBREQ: token, ts_ns, chan_hash (u64), data_len (u32), target_slot, origin_slot (u16),
 # channel_len (u8), reserved (u8, 0), then channel bytes and data bytes.
 PUBREQ_HEADER = struct.Struct("<QQQIHHBB")
+MSG_HEADER_SIZE = MSG_HEADER.size  # 52
+PUBREQ_HEADER_SIZE = PUBREQ_HEADER.size  # 34
 MSG_CHAN_HASH_OFFSET = 32
 PUBREQ_TARGET_OFFSET = 28
 

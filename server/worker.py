@@ -25,8 +25,9 @@ from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeRe
 
 from wsd.ext.hashing import channel_hash
 from wsd.server.bus.doorbell import Doorbells
-from wsd.server.bus.engine import BusEngine, BusError
+from wsd.server.bus.engine import BusEngine, BusError, MessageTooLarge
 from wsd.server.bus.segment import Segment
+from wsd.server.bus.tick import Periodic
 from wsd.server.client_session import ClientSession
 from wsd.server.config import Config
 from wsd.server.http_api import PublishError, make_api_protocol_factory, start_api_server
@@ -92,10 +93,12 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
         self.loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
         await self._start_accepting()
-        api_factory = make_api_protocol_factory(self, health=lambda: not self.stopping)
+        api_factory = make_api_protocol_factory(
+            self, health=lambda: not self.stopping, max_body_size=self.bus.max_request_size()
+        )
         self.api_server = await start_api_server(self.loop, self.api_socket, api_factory)
         self.stopped = self.loop.create_future()
-        self.loop.call_later(TICK_S, self._tick)
+        Periodic(self.loop, TICK_S, self._tick, "bus tick").start()
         self._write_stats()
         role = self.bus.role
         duty = f"sequencing role {role}" if role is not None else "stand-by until its predecessor exits"
@@ -305,6 +308,8 @@ class Worker:
         self.msgs_in += 1
         try:
             offset, token = self.bus.publish(channel, data_json)
+        except MessageTooLarge as exc:
+            raise PublishError(413, str(exc)) from None
         except BusError as exc:
             raise PublishError(503, str(exc)) from None
         self._schedule_poll()
@@ -374,7 +379,6 @@ class Worker:
         if now - getattr(self, "_stats_at", 0.0) >= STATS_EVERY_S:
             self._stats_at = now
             self._write_stats()
-        self.loop.call_later(TICK_S, self._tick)
 
     def _write_stats(self) -> None:
         drain = self.drain
@@ -396,6 +400,7 @@ class Worker:
                 "slow_disconnects": self.slow_disconnects,
                 "bus_lag": self.bus.lag_bytes(),
                 "handshakes_refused": self.handshakes_refused,
+                "bad_records": self.bus.bad_records,
             }
         )
 

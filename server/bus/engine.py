@@ -34,6 +34,7 @@ from wsd.ext.atomics import fence
 from wsd.ext.chantable import TableFullError
 from wsd.ext.hashing import channel_hash
 from wsd.ext.record import (
+    MSG_HEADER_SIZE,
     TAG_MSG,
     TAG_PUBREQ,
     decode_msg,
@@ -60,6 +61,13 @@ AckCallback = Callable[[int, int], None]
 
 class BusError(RuntimeError):
     """A publish could not be sequenced (for example the channel table is full)."""
+
+
+class MessageTooLarge(BusError):
+    """A publish whose message would not fit one ring entry (checked before anything is written)."""
+
+# Bad entries logged in full (with a traceback) before the log only counts them.
+_BAD_RECORDS_LOGGED = 10
 
 
 @dataclass(slots=True)
@@ -111,6 +119,7 @@ class BusEngine:
         self.overruns = 0
         self.lost_bytes = 0
         self.gaps = 0
+        self.bad_records = 0  # ring entries that could not be handled: skipped, never retried
         # Interest is in-process state: a new process on this bus slot starts with none.
         self.own.interest.clear_all()
         if role is not None:
@@ -185,9 +194,32 @@ class BusEngine:
 
     # -- publishing --
 
+    def max_data_size(self, channel: str) -> int:
+        """The largest message data the bus carries on `channel`: its MSG record must fit one ring
+        entry (a quarter of the ring). The MSG header is larger than the PUBREQ one, so a publish
+        that passes this check fits both."""
+        return self.own.ring.max_payload - MSG_HEADER_SIZE - len(channel.encode())
+
+    def max_request_size(self) -> int:
+        """A bound for one publish API request body: no publish, nor a batch of them, may take more
+        than one ring entry's worth (a quarter of the ring), so one request never laps a reader."""
+        return self.own.ring.max_payload
+
+    def _check_size(self, name: bytes, data_json: bytes) -> None:
+        limit = self.own.ring.max_payload - MSG_HEADER_SIZE - len(name)
+        if len(data_json) > limit:
+            raise MessageTooLarge(
+                f"message too large for the bus: {len(data_json)} bytes of data on channel "
+                f"{name.decode(errors='replace')!r}, at most {limit} (one bus ring entry is a quarter of "
+                f"--ring-size {self.own.ring.capacity}; raise it for larger messages)"
+            )
+
     def publish(self, channel: str, data_json: bytes) -> tuple[int, int]:
-        """Publish; returns (offset, 0) when this process sequences the channel, else (0, token)."""
+        """Publish; returns (offset, 0) when this process sequences the channel, else (0, token).
+
+        Raises MessageTooLarge (nothing written) if the message cannot travel on the bus."""
         name = channel.encode()
+        self._check_size(name, data_json)
         chan_hash = channel_hash(name)
         role = self.role_of(chan_hash)
         now = time.time_ns()
@@ -328,19 +360,25 @@ class BusEngine:
                 log.warning(
                     "bus overrun: bus slot %d fell %d bytes behind ring %d; skipped ahead", self.bus_slot, lost, slot
                 )
-            for _position, tag, payload in entries:
-                if tag == TAG_MSG:
-                    self._on_msg(payload)
-                elif tag == TAG_PUBREQ and role is not None and peek_pubreq_target(payload) == role:
-                    request = decode_pubreq(payload)
-                    try:
-                        self._sequence(
-                            request.chan_hash, request.channel, request.data,
-                            request.origin_slot, request.token, request.ts_ns,
-                        )  # fmt: skip
-                        sequenced.add(request.chan_hash)
-                    except TableFullError as exc:
-                        log.error("cannot sequence publish on %r: %s", request.channel, exc)
+            for entry_position, tag, payload in entries:
+                # One entry that cannot be handled is skipped and counted: an exception escaping here
+                # would leave the cursor before the entries already handled, and the next poll would
+                # sequence them again.
+                try:
+                    if tag == TAG_MSG:
+                        self._on_msg(payload)
+                    elif tag == TAG_PUBREQ and role is not None and peek_pubreq_target(payload) == role:
+                        request = decode_pubreq(payload)
+                        try:
+                            self._sequence(
+                                request.chan_hash, request.channel, request.data,
+                                request.origin_slot, request.token, request.ts_ns,
+                            )  # fmt: skip
+                            sequenced.add(request.chan_hash)
+                        except TableFullError as exc:
+                            log.error("cannot sequence publish on %r: %s", request.channel, exc)
+                except Exception:
+                    self._bad_record(slot, entry_position, tag, payload)
             processed += len(entries)
             position = new_position
             if not entries and not lost:
@@ -355,6 +393,16 @@ class BusEngine:
         elif self._to_ring:
             self._flush_doorbells()
         return processed
+
+    def _bad_record(self, slot: int, position: int, tag: int, payload: bytes) -> None:
+        self.bad_records += 1
+        if self.bad_records <= _BAD_RECORDS_LOGGED:
+            log.exception(
+                "bus: skipped an entry that could not be handled (ring %d, position %d, tag %d, %d bytes)",
+                slot, position, tag, len(payload),
+            )  # fmt: skip
+        elif self.bad_records % 1000 == 0:
+            log.error("bus: %d bad entries skipped so far", self.bad_records)
 
     def _on_msg(self, payload: bytes) -> None:
         chan_hash = peek_msg_chan_hash(payload)

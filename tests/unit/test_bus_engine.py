@@ -225,3 +225,49 @@ def test_history_is_gone_once_the_ring_overwrote_it(cluster):
     epoch, current = c.engines[1].subscribe(channel)
     assert c.engines[1].history(channel, epoch, 1, 2, 100, 0) == [(2, b"new")]
     assert c.engines[1].history(channel, epoch, 0, 2, 100, 0) is None
+
+
+# -- one bad entry never wedges a bus or sequences a publish twice (issue 9, item 6) --
+
+
+def test_a_bad_record_is_skipped_and_counted_and_nothing_before_it_is_sequenced_again(cluster):
+    from wsd.ext.record import TAG_PUBREQ
+
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    c.engines[1].subscribe(channel)
+    c.engines[1].publish(channel, b'"a"')
+    # A PUBREQ addressed to role 0 whose body does not decode (its length fields lie).
+    garbage = bytearray(64)
+    garbage[28:30] = (0).to_bytes(2, "little")  # target_slot 0
+    garbage[24:28] = (10_000).to_bytes(4, "little")  # data_len far beyond the payload
+    garbage[32] = 3
+    c.segments[1].ring.append(TAG_PUBREQ, bytes(garbage))
+    c.engines[1].publish(channel, b'"b"')
+    owner = c.engines[0]
+    owner.poll()
+    owner.poll()  # a retry must not sequence "a" again
+    c.engines[1].poll()
+    assert owner.bad_records == 1
+    assert c.delivered[1] == [(channel, 1, b'"a"'), (channel, 2, b'"b"')]
+    assert sorted(c.acks[1].values()) == [1, 2]
+
+
+def test_a_publish_that_fits_the_ring_as_a_request_but_not_as_a_message_is_refused_at_once(cluster):
+    from wsd.server.bus.engine import MessageTooLarge
+
+    c = cluster(2, ring_capacity=1 << 14)
+    channel = c.channel_owned_by(0)
+    ring_max = c.segments[0].ring.max_payload
+    data = b"1" * (ring_max - 34 - len(channel) - 8)  # a PUBREQ fits, the MSG (18 bytes more) does not
+    with pytest.raises(MessageTooLarge, match="too large"):
+        c.engines[1].publish(channel, data)
+    with pytest.raises(MessageTooLarge, match="too large"):
+        c.engines[0].publish(channel, data)  # on the owner too: never a bare ValueError from the ring
+    assert c.engines[1].max_data_size(channel) < len(data)
+    fits = b"1" * c.engines[1].max_data_size(channel)
+    c.engines[1].subscribe(channel)
+    assert c.engines[1].publish(channel, fits)[1] != 0
+    c.poll_all()
+    assert c.engines[0].bad_records == 0
+    assert c.delivered[1] == [(channel, 1, fits)]

@@ -26,7 +26,7 @@ def pubreq_fields(request) -> tuple:
 
 
 def test_constants_agree():
-    for name in ("TAG_MSG", "TAG_PUBREQ", "NO_SLOT", "NO_POSITION"):
+    for name in ("TAG_MSG", "TAG_PUBREQ", "NO_SLOT", "NO_POSITION", "MSG_HEADER_SIZE", "PUBREQ_HEADER_SIZE"):
         assert getattr(record, name) == getattr(record_ref, name)
     assert (record.TAG_MSG, record.TAG_PUBREQ) == (1, 2)
 
