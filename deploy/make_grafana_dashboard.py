@@ -149,11 +149,11 @@ def dashboard() -> dict:
     layout.add(timeseries("Bus lag", "Bytes of bus ring a worker has not read yet (grows when a worker falls "
                           "behind).", "bytes", (selector("wsd_bus_lag_bytes"), "{{instance}} worker {{worker}}")),
                6, 8)  # fmt: skip
-    layout.add(timeseries("Overruns, gaps, bad records / s", "A ring lapped before a worker read it, offsets "
+    layout.add(timeseries("Overruns, gaps, bad entries / s", "A ring lapped before a worker read it, offsets "
                           "never seen, entries skipped.", "short",
                           (f"sum by (instance) ({rate('wsd_bus_overruns_total')})", "overruns {{instance}}"),
                           (f"sum by (instance) ({rate('wsd_bus_gaps_total')})", "gaps {{instance}}"),
-                          (f"sum by (instance) ({rate('wsd_bus_bad_records_total')})", "bad records {{instance}}")),
+                          (f"sum by (instance) ({rate('wsd_bus_bad_entries_total')})", "bad entries {{instance}}")),
                6, 8)  # fmt: skip
     layout.add(timeseries("Channel table use", "Entries used / slots, per worker (publishing to new channels "
                           "needs room).", "percentunit",
