@@ -226,3 +226,13 @@ def peek_pubreq_target(const unsigned char[::1] payload not None) -> int:
     if payload.shape[0] < PUBREQ_HEADER_SIZE:
         raise ValueError(f"malformed PUBREQ record: {payload.shape[0]} bytes, shorter than its header")
     return get_u16(&payload[0] + PUBREQ_TARGET_OFFSET)
+
+
+def peek_ts_ns(uint32_t tag, const unsigned char[::1] payload not None) -> int:
+    """Publish time of a MSG or PUBREQ payload without decoding it (ValueError for another tag, or
+    a payload shorter than its header)."""
+    if tag == TAG_MSG and payload.shape[0] >= MSG_HEADER_SIZE:
+        return get_u64(&payload[0] + 16)
+    if tag == TAG_PUBREQ and payload.shape[0] >= PUBREQ_HEADER_SIZE:
+        return get_u64(&payload[0] + 8)
+    raise ValueError(f"no publish time in a {payload.shape[0]}-byte payload of tag {tag}")

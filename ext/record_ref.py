@@ -158,3 +158,13 @@ def peek_pubreq_target(payload: bytes) -> int:
     if len(payload) < PUBREQ_HEADER.size:
         raise ValueError(f"malformed PUBREQ record: {len(payload)} bytes, shorter than its header")
     return int.from_bytes(payload[PUBREQ_TARGET_OFFSET : PUBREQ_TARGET_OFFSET + 2], "little")
+
+
+def peek_ts_ns(tag: int, payload: bytes) -> int:
+    """Publish time of a MSG or PUBREQ payload without decoding it (ValueError for another tag, or
+    a payload shorter than its header)."""
+    if tag == TAG_MSG and len(payload) >= MSG_HEADER.size:
+        return int.from_bytes(payload[16:24], "little")
+    if tag == TAG_PUBREQ and len(payload) >= PUBREQ_HEADER.size:
+        return int.from_bytes(payload[8:16], "little")
+    raise ValueError(f"no publish time in a {len(payload)}-byte payload of tag {tag}")

@@ -12,6 +12,7 @@ cdef class Ring:
 
     cdef uint64_t _load_commit(self) noexcept nogil
     cdef uint64_t _load_reserve(self) noexcept nogil
+    cdef uint64_t _load_tail(self) noexcept nogil
     cdef bint _overwritten(self, uint64_t pos) noexcept nogil
     cdef uint64_t _append_raw(self, uint32_t tag, const unsigned char* payload, uint32_t size) noexcept nogil
-    cdef tuple _skip_to_commit(self, list entries, uint64_t cursor)
+    cdef tuple _skip_to_tail(self, list entries, uint64_t cursor)

@@ -1,7 +1,8 @@
 """A one-writer, many-reader ring of variable-length entries in shared memory: a slot's bus output.
 
 The owning worker appends MSG and PUBREQ records; every other worker reads them with its own cursor
-and never blocks the writer: a reader that was lapped is told how many bytes it lost and skips ahead.
+and never blocks the writer: a reader that was lapped is told how many bytes it lost and continues
+from the oldest entry still intact (`tail`, kept by the writer), so it keeps what the ring still holds.
 Layout and protocol: docs/bus.md ("Memory layouts"); reference implementation: ext/ring_ref.py.
 """
 
@@ -30,6 +31,7 @@ cdef uint64_t C_RING_MAGIC = 0x31474E4952445357ULL  # b"WSDRING1" little-endian
 cdef Py_ssize_t MAGIC_OFFSET = 0
 cdef Py_ssize_t CAPACITY_OFFSET = 8
 cdef Py_ssize_t RESERVE_OFFSET = 64
+cdef Py_ssize_t TAIL_OFFSET = 72  # on the writer's line with `reserve`: both change per lapping append
 cdef Py_ssize_t COMMIT_OFFSET = 128
 cdef Py_ssize_t C_HEADER_SIZE = 192
 cdef uint64_t ENTRY_HEADER_SIZE = 8  # u32 payload size, u32 tag
@@ -112,6 +114,9 @@ cdef class Ring:
     cdef uint64_t _load_reserve(self) noexcept nogil:
         return wsd_load_acquire_u64(self._header + RESERVE_OFFSET)
 
+    cdef uint64_t _load_tail(self) noexcept nogil:
+        return wsd_load_acquire_u64(self._header + TAIL_OFFSET)
+
     cdef bint _overwritten(self, uint64_t pos) noexcept nogil:
         # The acquire fence keeps the bytes copied before this check from being read after it.
         wsd_fence_acquire()
@@ -121,6 +126,12 @@ cdef class Ring:
     def reserve(self) -> int:
         """End of the bytes the writer may be writing: data before `reserve - capacity` is gone."""
         return self._load_reserve()
+
+    @property
+    def tail(self) -> int:
+        """Position of the oldest entry still intact (0 until the first lap): where a lapped reader
+        continues, and where the ring's history begins."""
+        return self._load_tail()
 
     @property
     def commit(self) -> int:
@@ -138,6 +149,15 @@ cdef class Ring:
             pad_len = self.capacity - index
         cdef uint64_t start = pos + pad_len
         cdef uint64_t new_end = start + entry_len
+        # Move `tail` past the entries this append overwrites (those starting before new_end -
+        # capacity), reading their headers while they are still there; stored before `reserve`,
+        # so a reader that sees the new reserve also sees a tail beyond what it destroys.
+        cdef uint64_t tail
+        if new_end > self.capacity:
+            tail = self._load_tail()
+            while tail < new_end - self.capacity:
+                tail += ENTRY_HEADER_SIZE + align8(load_le_u32(self._data + (tail & self._mask)))
+            wsd_store_release_u64(self._header + TAIL_OFFSET, tail)
         # Announce the overwrite before touching bytes (the seq-cst fence keeps the byte stores
         # after it): readers compare their copy against `reserve`.
         wsd_store_release_u64(self._header + RESERVE_OFFSET, new_end)
@@ -169,8 +189,9 @@ cdef class Ring:
     def read(self, uint64_t cursor, Py_ssize_t max_entries=1024) -> tuple:
         """Entries from `cursor` up to the current commit: `(entries, new_cursor, lost_bytes)`.
 
-        If the writer lapped the reader, returns what was validly read, skips to the commit and
-        reports the skipped byte count as `lost` (a reader never blocks the writer).
+        If the writer lapped the reader, returns what was validly read, continues at the oldest
+        intact entry (`tail`) and reports the skipped byte count as `lost` (a reader never blocks
+        the writer, and keeps what the ring still holds).
         """
         cdef uint64_t commit = self._load_commit()
         if cursor > commit:
@@ -184,7 +205,7 @@ cdef class Ring:
         cdef bytes payload
         while cursor < commit and count < max_entries:
             if self._overwritten(cursor):
-                return self._skip_to_commit(entries, cursor)
+                return self._skip_to_tail(entries, cursor)
             index = cursor & self._mask
             size = load_le_u32(self._data + index)
             tag = load_le_u32(self._data + index + 4)
@@ -192,23 +213,27 @@ cdef class Ring:
             # Never trust a header we may have read mid-overwrite: bound it before copying.
             if index + entry_len > self.capacity or (tag != C_TAG_PAD and size > self.max_payload):
                 if self._overwritten(cursor):
-                    return self._skip_to_commit(entries, cursor)
+                    return self._skip_to_tail(entries, cursor)
                 raise RuntimeError(f"ring corrupted: implausible entry header at position {cursor}")
             if tag != C_TAG_PAD:
                 payload = PyBytes_FromStringAndSize(
                     <const char*>(self._data + index + ENTRY_HEADER_SIZE), size
                 )
             if self._overwritten(cursor):
-                return self._skip_to_commit(entries, cursor)
+                return self._skip_to_tail(entries, cursor)
             if tag != C_TAG_PAD:
                 entries.append((cursor, tag, payload))
                 count += 1
             cursor += entry_len
         return entries, cursor, 0
 
-    cdef tuple _skip_to_commit(self, list entries, uint64_t cursor):
-        cdef uint64_t commit = self._load_commit()
-        return entries, commit, commit - cursor
+    cdef tuple _skip_to_tail(self, list entries, uint64_t cursor):
+        # The writer stores tail before the reserve that showed us overwritten, so tail > cursor;
+        # should it not be (a writer that broke the protocol), fall back to the commit.
+        cdef uint64_t tail = self._load_tail()
+        if tail <= cursor or tail > self._load_commit():
+            tail = self._load_commit()
+        return entries, tail, tail - cursor
 
     def read_at(self, uint64_t pos):
         """`(tag, payload)` of the entry at `pos`, or None if not committed yet or already overwritten."""

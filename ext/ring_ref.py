@@ -12,6 +12,7 @@ RING_MAGIC = int.from_bytes(b"WSDRING1", "little")
 MAGIC_OFFSET = 0
 CAPACITY_OFFSET = 8
 RESERVE_OFFSET = 64
+TAIL_OFFSET = 72  # oldest intact entry, on the writer's line with `reserve`
 COMMIT_OFFSET = 128
 HEADER_SIZE = 192
 MIN_CAPACITY = 4096
@@ -86,6 +87,12 @@ class Ring:
         return _U64.unpack_from(self._view, self._offset + RESERVE_OFFSET)[0]
 
     @property
+    def tail(self) -> int:
+        """Position of the oldest entry still intact (0 until the first lap): where a lapped reader
+        continues, and where the ring's history begins."""
+        return _U64.unpack_from(self._view, self._offset + TAIL_OFFSET)[0]
+
+    @property
     def commit(self) -> int:
         """End of the complete entries: readers may read up to here."""
         return _U64.unpack_from(self._view, self._offset + COMMIT_OFFSET)[0]
@@ -108,6 +115,14 @@ class Ring:
         pad_len = self.capacity - index if index + entry_len > self.capacity else 0
         start = pos + pad_len
         new_end = start + entry_len
+        # Move `tail` past the entries this append overwrites (those starting before new_end -
+        # capacity), reading their headers while they are still there; stored before `reserve`.
+        if new_end > self.capacity:
+            tail = self.tail
+            while tail < new_end - self.capacity:
+                (overwritten_size,) = struct.unpack_from("<I", self._view, self._data + (tail & self._mask))
+                tail += ENTRY_HEADER_SIZE + align8(overwritten_size)
+            _U64.pack_into(self._view, self._offset + TAIL_OFFSET, tail)
         # Announce the overwrite before touching bytes: readers compare against it after copying.
         _U64.pack_into(self._view, self._offset + RESERVE_OFFSET, new_end)
         if pad_len:
@@ -135,8 +150,9 @@ class Ring:
     def read(self, cursor: int, max_entries: int = 1024) -> tuple[list[tuple[int, int, bytes]], int, int]:
         """Entries from `cursor` up to the current commit: `(entries, new_cursor, lost_bytes)`.
 
-        If the writer lapped the reader, returns what was validly read, skips to the commit and
-        reports the skipped byte count as `lost` (a reader never blocks the writer).
+        If the writer lapped the reader, returns what was validly read, continues at the oldest
+        intact entry (`tail`) and reports the skipped byte count as `lost` (a reader never blocks
+        the writer, and keeps what the ring still holds).
         """
         commit = self.commit
         if cursor > commit:
@@ -146,25 +162,29 @@ class Ring:
         entries: list[tuple[int, int, bytes]] = []
         while cursor < commit and len(entries) < max_entries:
             if self._overwritten(cursor):
-                return self._skip_to_commit(entries, cursor)
+                return self._skip_to_tail(entries, cursor)
             header = self._entry_header(cursor)
             if header is None:
                 if self._overwritten(cursor):
-                    return self._skip_to_commit(entries, cursor)
+                    return self._skip_to_tail(entries, cursor)
                 raise RuntimeError(f"ring corrupted: implausible entry header at position {cursor}")
             size, tag, entry_len = header
             at = self._data + (cursor & self._mask) + ENTRY_HEADER_SIZE
             payload = bytes(self._view[at : at + size])
             if self._overwritten(cursor):
-                return self._skip_to_commit(entries, cursor)
+                return self._skip_to_tail(entries, cursor)
             if tag != TAG_PAD:
                 entries.append((cursor, tag, payload))
             cursor += entry_len
         return entries, cursor, 0
 
-    def _skip_to_commit(self, entries, cursor: int) -> tuple[list[tuple[int, int, bytes]], int, int]:
-        commit = self.commit
-        return entries, commit, commit - cursor
+    def _skip_to_tail(self, entries, cursor: int) -> tuple[list[tuple[int, int, bytes]], int, int]:
+        # The writer stores tail before the reserve that showed us overwritten, so tail > cursor;
+        # should it not be (a writer that broke the protocol), fall back to the commit.
+        tail = self.tail
+        if tail <= cursor or tail > self.commit:
+            tail = self.commit
+        return entries, tail, tail - cursor
 
     def read_at(self, pos: int) -> tuple[int, bytes] | None:
         """`(tag, payload)` of the entry at `pos`, or None if not committed yet or already overwritten."""

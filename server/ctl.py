@@ -49,7 +49,7 @@ def render_status(result: object) -> str:
         )
     header = [
         "SLOT", "PID", "STATE", "ACCEPTING", "CONNS", "CHANNELS", "RSS", "CPU",
-        "MSGS IN", "MSGS OUT", "BUS LAG", "OVERRUNS", "SLOW DISC", "RESTARTS",
+        "MSGS IN", "MSGS OUT", "BUS LAG", "OVERRUNS", "SLOW DISC", "TABLE", "HISTORY", "RESTARTS",
     ]  # fmt: skip
     # Left-align the words, right-align the numbers.
     left_aligned = {"SLOT", "STATE", "ACCEPTING"}
@@ -72,6 +72,8 @@ def render_status(result: object) -> str:
             _text(worker.get("bus_lag")),
             _text(worker.get("overruns")),
             _text(worker.get("slow_disconnects")),
+            _table_fill(worker.get("table_used"), worker.get("table_size")),
+            _horizon(worker.get("history_horizon_s"), worker.get("ring_lapped")),
             _text(worker.get("restarts")),
         ])  # fmt: skip
     totals = result.get("totals")
@@ -87,7 +89,7 @@ def render_status(result: object) -> str:
             "",
             _text(totals.get("overruns")),
             _text(totals.get("slow_disconnects")),
-            "",
+            "", "", "",
         ])  # fmt: skip
     lines.extend(_table(header, rows, left_aligned))
     return "\n".join(lines)
@@ -147,6 +149,20 @@ def _connections(current: object, limit: object) -> str:
     if not _is_number(current):
         return "-"
     return f"{current}/{limit}" if _is_number(limit) else str(current)
+
+
+def _table_fill(used: object, size: object) -> str:
+    """Channel-table entries used of its slots, with the share (eviction starts at 90%)."""
+    if not (_is_number(used) and _is_number(size)) or not size:
+        return "-"
+    return f"{used}/{size} ({100 * used / size:.0f}%)"
+
+
+def _horizon(seconds: object, lapped: object) -> str:
+    """How far back the ring's history reaches; "all" while it has never lapped."""
+    if not _is_number(seconds):
+        return "-"
+    return _duration(seconds) if lapped else f"all ({_duration(seconds)})"
 
 
 def _mebibytes(value: object) -> str:

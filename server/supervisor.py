@@ -34,6 +34,7 @@ import psutil
 from wsd.server.admin import AdminCommandError, AdminServer
 from wsd.server.bus.doorbell import bind_doorbell
 from wsd.server.bus.segment import MAX_SLOTS, Segment, SegmentLayout, segment_path
+from wsd.server.bus.status import bus_status
 from wsd.server.config import (
     Config,
     ConfigError,
@@ -539,7 +540,13 @@ class Supervisor:
             "drain_remaining": stat("drain_remaining"),
             "restarts": slot.restarts,
             "last_exit": slot.last_exit or None,
+            **self._bus_status(process),
         }
+
+    def _bus_status(self, process: WorkerProcess | None) -> dict:
+        if process is None:
+            return bus_status(self.segments, 0, None, time.time_ns()) | {"history_horizon_s": None}
+        return bus_status(self.segments, process.bus_slot, process.role, time.time_ns())
 
     def cmd_status(self, _args: dict) -> dict:
         workers = []

@@ -27,6 +27,7 @@ from wsd.ext.hashing import channel_hash
 from wsd.server.bus.doorbell import Doorbells
 from wsd.server.bus.engine import BusEngine, BusError, MessageTooLarge
 from wsd.server.bus.segment import Segment
+from wsd.server.bus.status import HorizonWatch
 from wsd.server.bus.tick import Periodic
 from wsd.server.client_session import ClientSession
 from wsd.server.config import Config
@@ -82,6 +83,7 @@ class Worker:
         self.slow_disconnects = 0
         self.handshakes_refused = 0
         self._poll_scheduled = False
+        self.horizon_watch = HorizonWatch(self.own_segment.ring, self.config.history_ttl, f"worker {self.slot}")
 
     # -- lifecycle --
 
@@ -379,6 +381,7 @@ class Worker:
         if now - getattr(self, "_stats_at", 0.0) >= STATS_EVERY_S:
             self._stats_at = now
             self._write_stats()
+            self.horizon_watch.check(time.time_ns())
 
     def _write_stats(self) -> None:
         drain = self.drain

@@ -358,8 +358,9 @@ class BusEngine:
                 self.overruns += 1
                 self.lost_bytes += lost
                 log.warning(
-                    "bus overrun: bus slot %d fell %d bytes behind ring %d; skipped ahead", self.bus_slot, lost, slot
-                )
+                    "bus overrun: bus slot %d fell behind ring %d and lost %d bytes; continuing from its "
+                    "oldest intact entry", self.bus_slot, slot, lost,
+                )  # fmt: skip
             for entry_position, tag, payload in entries:
                 # One entry that cannot be handled is skipped and counted: an exception escaping here
                 # would leave the cursor before the entries already handled, and the next poll would

@@ -124,3 +124,15 @@ def test_decoded_records_are_read_only():
     ref_msg = record_ref.decode_msg(record_ref.encode_msg(1, 2, 3, 4, 5, 6, 7, b"c", b"1"))
     with pytest.raises(AttributeError):
         ref_msg.off = 9
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=["cython", "ref"])
+def test_publish_time_is_read_without_decoding(codec):
+    msg = record.encode_msg(1, 2, 3, 4, 5_000, 6, 7, b"ch", b"d")
+    pubreq = record.encode_pubreq(1, 2, 3, 9_000, 7, b"ch", b"d")
+    assert codec.peek_ts_ns(record.TAG_MSG, msg) == 5_000
+    assert codec.peek_ts_ns(record.TAG_PUBREQ, pubreq) == 9_000
+    with pytest.raises(ValueError):
+        codec.peek_ts_ns(record.TAG_MSG, msg[:20])
+    with pytest.raises(ValueError):
+        codec.peek_ts_ns(9, msg)

@@ -20,6 +20,7 @@ IMPLEMENTATIONS = [ring.Ring, ring_ref.Ring]
 CAPACITY = 4096
 MAX_PAYLOAD = CAPACITY // 4 - 8
 RESERVE_OFFSET = 64
+TAIL_OFFSET = 72
 
 
 def new_ring(cls, capacity: int = CAPACITY, offset: int = 0):
@@ -133,16 +134,31 @@ def test_cursor_beyond_commit_is_an_error(Ring):
         r.read(r.commit + 8)
 
 
-def test_lapped_reader_skips_to_commit_and_reports_lost_bytes(Ring):
+def test_lapped_reader_continues_from_the_oldest_intact_entry_and_reports_lost_bytes(Ring):
     r, _ = new_ring(Ring)
     written = [(r.append(1, i.to_bytes(4, "little") * 25), i) for i in range(200)]  # ~5 laps
-    commit = r.commit
+    intact = [(pos, i) for pos, i in written if pos >= r.reserve - CAPACITY]
+    assert r.tail == intact[0][0]  # the oldest entry still intact
     entries, cursor, lost = r.read(0)
-    assert (entries, cursor, lost) == ([], commit, commit)
-    # A reader inside the still-valid window reads without loss.
-    valid = [(pos, i) for pos, i in written if pos >= r.reserve - CAPACITY]
-    entries, cursor, lost = r.read(valid[0][0])
-    assert lost == 0 and [int.from_bytes(p[:4], "little") for _, _, p in entries] == [i for _, i in valid]
+    # What is still intact is kept: only the overwritten bytes are lost.
+    assert (entries, cursor, lost) == ([], intact[0][0], intact[0][0])
+    entries, cursor, lost = r.read(cursor)
+    assert lost == 0 and [int.from_bytes(p[:4], "little") for _, _, p in entries] == [i for _, i in intact]
+    assert cursor == r.commit
+
+
+def test_tail_follows_the_writer_over_pads_and_laps(Ring):
+    r, _ = new_ring(Ring)
+    positions = []
+    for i in range(300):
+        positions.append(r.append(1, b"q" * (i * 37 % 700)))
+        floor = r.reserve - CAPACITY
+        # The first entry position (pads included) at or after the floor.
+        expected = min(p for p in positions if p >= floor) if r.reserve > CAPACITY else 0
+        if r.reserve > CAPACITY:
+            assert r.tail >= floor
+        assert r.tail <= expected
+        assert r.read(r.tail)[2] == 0  # the tail is readable without loss
 
 
 def test_an_announced_overwrite_invalidates_entries_before_it_is_committed(Ring):
@@ -152,9 +168,10 @@ def test_an_announced_overwrite_invalidates_entries_before_it_is_committed(Ring)
     positions = [r.append(1, bytes([i]) * 500) for i in range(7)]  # 7 * 512 bytes, no wrap yet
     commit = r.commit
     # A writer mid-append whose new entry reaches 8 bytes into entry 2 (one lap later).
+    struct.pack_into("<Q", buf, TAIL_OFFSET, positions[3])  # as that writer would have, first
     struct.pack_into("<Q", buf, RESERVE_OFFSET, positions[2] + CAPACITY + 8)
-    assert r.read(positions[0]) == ([], commit, commit - positions[0])
-    assert r.read(positions[2]) == ([], commit, commit - positions[2])
+    assert r.read(positions[0]) == ([], positions[3], positions[3] - positions[0])
+    assert r.read(positions[2]) == ([], positions[3], positions[3] - positions[2])
     entries, cursor, lost = r.read(positions[3])
     assert [p for p, _, _ in entries] == positions[3:]
     assert (cursor, lost) == (commit, 0)
