@@ -535,7 +535,7 @@ class Supervisor:
             "gaps": stat("gaps"),
             "slow_disconnects": stat("slow_disconnects"),
             "handshakes_refused": stat("handshakes_refused"),
-            "bad_records": stat("bad_records"),
+            "bad_entries": stat("bad_entries"),
             "draining": bool(stat("draining")),
             "drain_remaining": stat("drain_remaining"),
             "restarts": slot.restarts,

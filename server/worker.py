@@ -403,7 +403,7 @@ class Worker:
                 "slow_disconnects": self.slow_disconnects,
                 "bus_lag": self.bus.lag_bytes(),
                 "handshakes_refused": self.handshakes_refused,
-                "bad_records": self.bus.bad_records,
+                "bad_entries": self.bus.bad_entries,
             }
         )
 

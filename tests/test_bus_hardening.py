@@ -42,7 +42,7 @@ def test_a_publish_too_large_for_the_ring_is_refused_at_once_and_the_bus_keeps_w
         got = sorted((m["ch"], m["off"]) for m in (json.loads(ws.recv(timeout=5)) for _ in channels))
         assert got == sorted((channel, 1) for channel in channels)
     workers = wsd.status()["workers"]
-    assert all(w["bad_records"] == 0 for w in workers)
+    assert all(w["bad_entries"] == 0 for w in workers)
 
 
 def test_status_shows_each_rings_history_horizon_and_warns_when_it_is_below_the_ttl(wsd_factory):

@@ -67,7 +67,7 @@ class MessageTooLarge(BusError):
     """A publish whose message would not fit one ring entry (checked before anything is written)."""
 
 # Bad entries logged in full (with a traceback) before the log only counts them.
-_BAD_RECORDS_LOGGED = 10
+_BAD_ENTRIES_LOGGED = 10
 
 
 @dataclass(slots=True)
@@ -119,7 +119,7 @@ class BusEngine:
         self.overruns = 0
         self.lost_bytes = 0
         self.gaps = 0
-        self.bad_records = 0  # ring entries that could not be handled: skipped, never retried
+        self.bad_entries = 0  # ring entries that could not be handled: skipped, never retried
         # Interest is in-process state: a new process on this bus slot starts with none.
         self.own.interest.clear_all()
         if role is not None:
@@ -379,7 +379,7 @@ class BusEngine:
                         except TableFullError as exc:
                             log.error("cannot sequence publish on %r: %s", request.channel, exc)
                 except Exception:
-                    self._bad_record(slot, entry_position, tag, payload)
+                    self._bad_entry(slot, entry_position, tag, payload)
             processed += len(entries)
             position = new_position
             if not entries and not lost:
@@ -395,15 +395,15 @@ class BusEngine:
             self._flush_doorbells()
         return processed
 
-    def _bad_record(self, slot: int, position: int, tag: int, payload: bytes) -> None:
-        self.bad_records += 1
-        if self.bad_records <= _BAD_RECORDS_LOGGED:
+    def _bad_entry(self, slot: int, position: int, tag: int, payload: bytes) -> None:
+        self.bad_entries += 1
+        if self.bad_entries <= _BAD_ENTRIES_LOGGED:
             log.exception(
                 "bus: skipped an entry that could not be handled (ring %d, position %d, tag %d, %d bytes)",
                 slot, position, tag, len(payload),
             )  # fmt: skip
-        elif self.bad_records % 1000 == 0:
-            log.error("bus: %d bad entries skipped so far", self.bad_records)
+        elif self.bad_entries % 1000 == 0:
+            log.error("bus: %d bad entries skipped so far", self.bad_entries)
 
     def _on_msg(self, payload: bytes) -> None:
         chan_hash = peek_msg_chan_hash(payload)

@@ -48,7 +48,7 @@ STAT_FIELDS = (
     "draining",
     "drain_remaining",
     "handshakes_refused",
-    "bad_records",
+    "bad_entries",
 )
 _STATS_FORMAT = f"<{len(STAT_FIELDS)}Q"
 assert _STATS_AT + struct.calcsize(_STATS_FORMAT) <= _CURSORS_AT

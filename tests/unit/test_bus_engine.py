@@ -234,7 +234,7 @@ def test_history_is_gone_once_the_ring_overwrote_it(cluster):
 # -- one bad entry never wedges a bus or sequences a publish twice (issue 9, item 6) --
 
 
-def test_a_bad_record_is_skipped_and_counted_and_nothing_before_it_is_sequenced_again(cluster):
+def test_a_bad_entry_is_skipped_and_counted_and_nothing_before_it_is_sequenced_again(cluster):
     from wsd.ext.record import TAG_PUBREQ
 
     c = cluster(2)
@@ -252,7 +252,7 @@ def test_a_bad_record_is_skipped_and_counted_and_nothing_before_it_is_sequenced_
     owner.poll()
     owner.poll()  # a retry must not sequence "a" again
     c.engines[1].poll()
-    assert owner.bad_records == 1
+    assert owner.bad_entries == 1
     assert c.delivered[1] == [(channel, 1, b'"a"'), (channel, 2, b'"b"')]
     assert sorted(c.acks[1].values()) == [1, 2]
 
@@ -273,5 +273,5 @@ def test_a_publish_that_fits_the_ring_as_a_request_but_not_as_a_message_is_refus
     c.engines[1].subscribe(channel)
     assert c.engines[1].publish(channel, fits)[1] != 0
     c.poll_all()
-    assert c.engines[0].bad_records == 0
+    assert c.engines[0].bad_entries == 0
     assert c.delivered[1] == [(channel, 1, fits)]
