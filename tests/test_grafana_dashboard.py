@@ -172,3 +172,28 @@ def test_every_query_is_valid_promql_and_returns_data_from_a_real_prometheus(pro
     assert variable["definition"] == "label_values(wsd_build_info, instance)"
     with urllib.request.urlopen(f"{base}/api/v1/label/instance/values?match[]=wsd_build_info", timeout=10) as reply:
         assert len(json.load(reply)["data"]) == 1
+
+
+@pytest.mark.skipif(prometheus_binary is None, reason="prometheus not installed (Debian package prometheus)")
+def test_the_preview_renderer_draws_every_panel_from_a_real_prometheus(prometheus, tmp_path):
+    pytest.importorskip("matplotlib")
+    base, scrapes = prometheus
+    deadline = time.monotonic() + 60
+    while scrapes["count"] < 6:
+        assert time.monotonic() < deadline, "Prometheus did not scrape 6 times in 60 s"
+        time.sleep(0.5)
+    time.sleep(1.5)
+    spec = importlib.util.spec_from_file_location("render_dashboard", DEPLOY / "render_dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "dashboard.png"
+    assert module.main(["--prometheus", base, "--minutes", "0.5", "--rate-window", RATE_WINDOW, "--out", str(out)]) == 0
+    with open(out, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert width == module.WIDTH_PX and height > 1000
+    assert module.format_value(0.0123, "s") == "12.3 ms"
+    assert module.format_value(3 * 1024 * 1024, "bytes") == "3.0 MiB"
+    assert module.format_value(0.5, "percentunit") == "50.0%"
+    assert module.format_value(25_000, "short") == "25.0k"
