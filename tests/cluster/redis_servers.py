@@ -108,6 +108,9 @@ class RedisCluster:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    # Given, because the default (port + 10000) does not exist for ports above 55535.
+                    "--cluster-port",
+                    str(free_port()),
                 ],
             )  # fmt: skip
             for i in range(masters)
