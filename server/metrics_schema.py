@@ -116,6 +116,8 @@ WORKER_FAMILIES: tuple[Family, ...] = (
     Family("bus_overruns", "wsd_bus_overruns_total", "counter",
            "Times the worker found a bus ring lapped by its writer before reading it."),
     Family("bus_lost_bytes", "wsd_bus_lost_bytes_total", "counter", "Bytes of bus ring lost to overruns."),
+    Family("bus_read_bytes", "wsd_bus_read_bytes_total", "counter",
+           "Bytes of bus ring entries the worker read (a wedged bus: unread bytes while this stands still)."),
     Family("bus_gaps", "wsd_bus_gaps_total", "counter", "Offsets of a channel the worker never saw."),
     Family("bus_bad_entries", "wsd_bus_bad_entries_total", "counter",
            "Bus ring entries skipped because they could not be decoded or sequenced (bad_entries)."),
