@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import hiredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from wsd.server.cluster.connection import make_connection
@@ -156,8 +157,9 @@ class ShardCommands:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
+                # hiredis's C packer: redis-py's own (pure Python) took half the client's CPU per publish.
                 await self.connection.send_packed_command(
-                    self.connection.pack_commands([request.args for request in batch]), check_health=False
+                    b"".join([hiredis.pack_command(request.args) for request in batch]), check_health=False
                 )
                 for _ in batch:
                     try:

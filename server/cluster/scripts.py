@@ -9,7 +9,7 @@ never re-encoded.
 from __future__ import annotations
 
 import hashlib
-import secrets
+import random
 
 from wsd.server.cluster.model import Publication
 
@@ -81,8 +81,9 @@ SCRIPTS = {PUBLISH_SHA: PUBLISH_LUA, HISTORY_SHA: HISTORY_LUA}
 
 def new_epoch() -> int:
     """A random epoch 1..2**31-1, used only if Redis has no state for the channel. Random, not
-    counted: the state it replaces is gone, so nothing remembers the previous value."""
-    return secrets.randbelow((1 << 31) - 1) + 1
+    counted: the state it replaces is gone, so nothing remembers the previous value. (Not a secret:
+    the process's seeded PRNG is enough, and one is drawn for every publish.)"""
+    return random.randrange(1, 1 << 31)
 
 
 def publish_args(
