@@ -63,6 +63,12 @@ bench-connections: install
 # Fan-out against the peers (bench/peers/): wsd (2 workers), Node ws, socket.io 4 + Redis adapter (2
 # processes), Python websockets; 10,000 subscribers; burst, paced latency, targeted. Installs the peers
 # (npm ci, pip, apt-get redis-server as root), holds the shared benchmark lock, writes bench/results/peers-*.
+# Token verifications per second (HS256, ES256, RS256) and the per-request auth checks, one core;
+# writes bench/results/auth-verify-* (see bench/auth_verify.py).
+.PHONY: bench-auth
+bench-auth: install
+	flock /tmp/wsd-bench.lock $(PY) bench/auth_verify.py
+
 .PHONY: bench-peers
 bench-peers: install
 	flock /tmp/wsd-bench.lock $(PY) bench/peers/run.py --setup --tag 2core-10k

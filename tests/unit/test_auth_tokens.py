@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jwt.exceptions import InvalidKeyError
 
 from tests.auth_material import (
     SECRET,
@@ -256,9 +257,9 @@ def test_hs_rs_confusion_is_refused(tmp_path, kind):
     for secret in (pem, pem.strip(), public_pem(private_key)):
         result = verifier.verify(forged_hs256(claims(), secret), NOW)
         assert isinstance(result, AuthError) and result.kind == "algorithm", result
-    # Even a verifier mistakenly built to accept HS256 with the PEM as its secret is refused by PyJWT.
-    confused = TokenVerifier(TokenKey("HS256", pem, "test"))
-    assert isinstance(confused.verify(forged_hs256(claims(), pem), NOW), AuthError)
+    # Even a verifier mistakenly built to take HS256 with the PEM as its secret cannot be made (PyJWT).
+    with pytest.raises(InvalidKeyError):
+        TokenVerifier(TokenKey("HS256", pem, "test"))
 
 
 def test_identities_with_the_same_claims_share_compiled_patterns():
@@ -301,3 +302,86 @@ def test_arbitrary_headers_and_claims_never_raise(header, payload, sign):
     for verifier in (hs_verifier(), hs_verifier(audience="a", issuer="i")):
         result = verifier.verify((signing_input + b"." + signature).decode(), NOW)
         assert isinstance(result, (AuthError, Identity))
+
+
+# ---- the compact-form parser against PyJWT's jwt.decode ----------------------------------------
+
+# JSON values within what both parsers read alike (orjson refuses NaN and integers beyond 64 bits).
+plain_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+claim_values = {
+    "sub": st.one_of(st.sampled_from(["user:1", "", "x" * 300]), plain_json),
+    "exp": st.one_of(st.sampled_from([NOW + 60, NOW - 60, int(NOW) + 5, True]), plain_json),
+    "nbf": st.one_of(st.sampled_from([NOW - 5, NOW + 5]), plain_json),
+    "aud": st.one_of(st.sampled_from(["wsd", ["wsd", "x"], ["x"], [], ["wsd", 3], ""]), plain_json),
+    "iss": st.one_of(st.sampled_from(["app", "other"]), plain_json),
+    "jti": st.one_of(st.sampled_from(["j1"]), plain_json),
+    "subs": st.one_of(st.sampled_from([["room:*"], ["bad*x"], []]), plain_json),
+}
+# Mostly well-formed claims (so PyJWT often accepts and the claim checks are compared too), or anything.
+claim_sets = st.one_of(
+    st.fixed_dictionaries(
+        {"sub": st.just("user:1"), "exp": st.just(NOW + 60)},
+        optional={name: values for name, values in claim_values.items() if name not in ("sub", "exp")},
+    ),
+    st.fixed_dictionaries({}, optional=claim_values),
+)
+headers = st.fixed_dictionaries(
+    {"alg": st.one_of(st.just("HS256"), st.sampled_from(["HS256", "HS512", "none", "RS256", None, 7]))},
+    optional={"typ": st.sampled_from(["JWT", 5]), "kid": st.sampled_from(["k1", 3]), "x": plain_json},
+)
+edits = st.one_of(
+    st.just([]),
+    st.lists(st.tuples(st.integers(0, 400), st.sampled_from(list("A_-=+/.!\n é") + [""]), st.booleans()), max_size=3),
+)
+
+
+def pyjwt_verdict(token: str, verifier: TokenVerifier):
+    """PyJWT's decision with the options wsd's verifier means: claims, or None if refused."""
+    try:
+        return jwt.decode(
+            token,
+            SECRET,
+            algorithms=["HS256"],
+            audience=verifier.audience,
+            issuer=verifier.issuer,
+            options={
+                "verify_exp": False,  # times and the rest are wsd's own checks, applied to both below
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": verifier.audience is not None,
+                "verify_iss": verifier.issuer is not None,
+                "require": ["sub", "exp"],
+            },
+        )
+    except jwt.PyJWTError:
+        return None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    header=headers, payload=claim_sets, sign=st.sampled_from([True, True, False]), edit=edits, configured=st.booleans()
+)
+def test_verdicts_agree_with_pyjwt_decode(header, payload, sign, edit, configured):
+    verifier = hs_verifier(audience="wsd", issuer="app") if configured else hs_verifier()
+    header = {k: v for k, v in header.items() if v is not None}
+    signing_input = b64(json.dumps(header).encode()) + b"." + b64(json.dumps(payload).encode())
+    signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest() if sign else b"\0" * 32
+    token = (signing_input + b"." + b64(signature)).decode()
+    for position, text, replace in edit:  # damage the token: padding, foreign characters, dots
+        position %= len(token) + 1
+        token = token[:position] + text + token[position + (1 if replace else 0) :]
+    ours = verifier.verify(token, NOW)
+    theirs = pyjwt_verdict(token, verifier)
+    if theirs is None:
+        assert isinstance(ours, AuthError), (token, ours)
+    else:
+        # PyJWT accepted the form and signature; wsd must then decide exactly by its claim checks.
+        assert ours == verifier._identity(theirs, NOW), (token, ours, theirs)
