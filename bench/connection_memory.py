@@ -7,7 +7,7 @@ show up there, libuv's handles and the kernel's socket memory do not).
 
 Variants:
   picows-default   WSListener, picows defaults
-  picows-tuned     WSListener, wsd.server.ws_conformance.picows_server_kwargs (what wsd serves with)
+  picows-tuned     WSListener, wsd.server.worker.ws_conformance.picows_server_kwargs (what wsd serves with)
   conforming       ConformingListener (wsd's base listener: assembler, transport reference)
 
     .venv/bin/python bench/connection_memory.py --connections 10000
@@ -33,7 +33,7 @@ from picows import WSListener, ws_create_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-from wsd.server.ws_conformance import ConformingListener, picows_server_kwargs  # noqa: E402
+from wsd.server.worker.ws_conformance import ConformingListener, picows_server_kwargs  # noqa: E402
 
 IP_BIND_ADDRESS_NO_PORT = 24
 REQUEST = (

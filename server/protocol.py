@@ -23,6 +23,7 @@ BAD_CHANNEL = "bad_channel"
 TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
 PUBLISH_FAILED = "publish_failed"
 BAD_SINCE = "bad_since"
+UNAVAILABLE = "unavailable"  # the bus cannot be reached (a cluster's Redis is down)
 
 
 @dataclass(slots=True, frozen=True)

@@ -47,7 +47,8 @@ def _sources_digest() -> str:
 def _run(*command: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd, timeout=timeout)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        shown = " ".join(map(str, command))
+        raise AssertionError(f"{shown} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout
 
 
@@ -108,7 +109,7 @@ def test_wheel_adds_exactly_one_top_level_package_and_the_wsd_command(dist: Path
     top_level = {name.split("/", 1)[0] for name in names}
     dist_info = {t for t in top_level if t.endswith(".dist-info")}
     assert top_level - dist_info == {"wsd"}, f"top-level entries besides wsd: {sorted(top_level - dist_info)}"
-    assert "wsd = wsd.server.cli:main" in scripts
+    assert "wsd = wsd.server.control.cli:main" in scripts
     # What the server serves is inside the package, and there is one wsd.js.
     assert "wsd/server/static/index.html" in names
     assert [n for n in names if n.endswith("wsd.js")] == ["wsd/server/static/wsd.js"]

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-WSD = [sys.executable, "-m", "wsd.server.cli"]
+WSD = [sys.executable, "-m", "wsd.server"]
 
 
 def free_port() -> int:

@@ -272,6 +272,11 @@ class BusEngine:
         self.poll()
         return tracked.epoch, tracked.offset
 
+    def position(self, channel: str) -> tuple[int, int]:
+        """(epoch, last delivered offset) of a channel this process tracks; (0, 0) if it does not."""
+        tracked = self.tracked.get(channel_hash(channel.encode()))
+        return (tracked.epoch, tracked.offset) if tracked is not None else (0, 0)
+
     def unsubscribe(self, channel: str) -> None:
         chan_hash = channel_hash(channel.encode())
         tracked = self.tracked.get(chan_hash)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from wsd.ext.chantable import ChannelTable
 from wsd.ext.interest import InterestMap
 from wsd.ext.ring import Ring
+from wsd.server.counters import STAT_NAMES
 
 MAGIC = 0x3130474553445357  # b"WSDSEG01" little-endian
 MAX_SLOTS = 256
@@ -30,26 +31,8 @@ _CURSORS_AT = 512  # role segments: the role holder's read position in every rin
 
 INTEREST_BUCKETS = 65536
 
-# Stats block fields (u64 each), in order.
-STAT_FIELDS = (
-    "pid",
-    "heartbeat_ns",
-    "connections",
-    "max_connections",
-    "accepting",
-    "channels",
-    "msgs_in",
-    "msgs_out",
-    "overruns",
-    "lost_bytes",
-    "gaps",
-    "slow_disconnects",
-    "bus_lag",
-    "draining",
-    "drain_remaining",
-    "handshakes_refused",
-    "bad_entries",
-)
+# The stats block: one u64 per declared stat, in declaration order (wsd.server.counters).
+STAT_FIELDS = STAT_NAMES
 _STATS_FORMAT = f"<{len(STAT_FIELDS)}Q"
 assert _STATS_AT + struct.calcsize(_STATS_FORMAT) <= _CURSORS_AT
 assert _CURSORS_AT + 8 * MAX_SLOTS <= HEADER_SIZE
@@ -146,11 +129,14 @@ class Segment:
         struct.pack_into("<Q", self.map, _ROLE_HOLDER_AT, 0 if bus_slot is None else bus_slot + 1)
 
     # -- commands from the supervisor to the process on this bus slot (then a signal) --
-    def drain_window_s(self) -> float:
-        return struct.unpack_from("<Q", self.map, _DRAIN_WINDOW_MS_AT)[0] / 1000.0
+    def drain_window_s(self) -> float | None:
+        """The window of the next drain command, or None for the worker's configured one."""
+        stored = struct.unpack_from("<Q", self.map, _DRAIN_WINDOW_MS_AT)[0]
+        return (stored - 1) / 1000.0 if stored else None
 
-    def set_drain_window_s(self, seconds: float) -> None:
-        struct.pack_into("<Q", self.map, _DRAIN_WINDOW_MS_AT, int(seconds * 1000))
+    def set_drain_window_s(self, seconds: float | None) -> None:
+        # Stored as milliseconds + 1, so that a window of 0 (close everyone now) is not "unset".
+        struct.pack_into("<Q", self.map, _DRAIN_WINDOW_MS_AT, 0 if seconds is None else int(seconds * 1000) + 1)
 
     def role_to_take(self) -> int | None:
         role = struct.unpack_from("<Q", self.map, _TAKE_ROLE_AT)[0]

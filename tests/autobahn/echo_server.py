@@ -12,7 +12,7 @@ import logging
 import uvloop
 from picows import WSUpgradeRequest, ws_create_server
 
-from wsd.server.ws_conformance import DEFAULT_MAX_MESSAGE_SIZE, EchoListener, picows_server_kwargs
+from wsd.server.worker.ws_conformance import DEFAULT_MAX_MESSAGE_SIZE, EchoListener, picows_server_kwargs
 
 
 async def serve(host: str, port: int, path: str, max_message_size: int) -> None:

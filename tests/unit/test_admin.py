@@ -1,7 +1,7 @@
-"""The admin socket (server/admin.py) and `wsd ctl` (server/ctl.py), end to end over a real socket.
+"""The admin socket (server/control/admin.py) and `wsd ctl` (server/control/ctl.py), end to end over a real socket.
 
 A real AdminServer is driven by a select loop in a background thread, the way the supervisor
-drives it; `server.ctl.main` is called as `wsd ctl` would be.
+drives it; `wsd.server.control.ctl.main` is called as `wsd ctl` would be.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from wsd.server import ctl
-from wsd.server.admin import MAX_REQUEST_BYTES, AdminCommandError, AdminServer, AdminSocketError
+from wsd.server.control import ctl
+from wsd.server.control.admin import MAX_REQUEST_BYTES, AdminCommandError, AdminServer, AdminSocketError
 
 STATUS_RESULT = {
     "supervisor": {"pid": 4242, "uptime_s": 3725.5, "state": "running", "epoch": 3},

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from picows import WSMsgType
 from picows.picows import _make_test_ws_frame
 
-from wsd.server.ws_conformance import (
+from wsd.server.worker.ws_conformance import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,

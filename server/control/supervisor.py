@@ -2,8 +2,8 @@
 worker processes, drains and reloads them, answers the admin socket.
 
 It reads like gunicorn's arbiter: signal handlers only queue the signal and wake the loop through
-a pipe; the loop then calls `handle_<signal>()`, `reap_workers()`, `advance_reload()` and
-`manage_workers()`.
+a pipe; the loop is a list of verbs (handle the queued signals, reap, watch heartbeats, advance the
+reload, spawn), and no error inside one of them ends the loop.
 
 Slots and bus slots: slot k owns the k-th SO_REUSEPORT socket of each port, for good, so the
 kernel's reuseport group never changes and queued connections are never reset. A process also
@@ -19,23 +19,21 @@ import glob
 import http.client
 import json
 import logging
+import math
 import os
 import secrets
 import select
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
-from wsd.server.admin import AdminCommandError, AdminServer
 from wsd.server.bus.doorbell import bind_doorbell
 from wsd.server.bus.segment import MAX_SLOTS, Segment, SegmentLayout, segment_path
-from wsd.server.bus.status import bus_status
-from wsd.server.config import (
+from wsd.server.control.admin import AdminCommandError, AdminServer
+from wsd.server.control.config import (
     Config,
     ConfigError,
     build_config,
@@ -43,7 +41,10 @@ from wsd.server.config import (
     per_worker_connection_limit,
     resolve_worker_count,
 )
-from wsd.server.listeners import reuseport_socket, slot_sockets
+from wsd.server.control.listeners import reuseport_socket, slot_sockets
+from wsd.server.control.processes import WorkerProcess, WorkerSlot, describe_exit, start_worker_process
+from wsd.server.control.reload import RollingReload
+from wsd.server.control.status import totals, workers_status
 
 log = logging.getLogger("wsd.supervisor")
 
@@ -53,49 +54,15 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 30.0
 LOOP_TIMEOUT_S = 0.5
 BUSY_LOOP_TIMEOUT_S = 0.05  # while a reload waits for a new process
-RELOAD_READY_TIMEOUT_S = 30.0
-STATS_FRESH_S = 2.0
-# -P: the worker's working directory (the user's, often holding folders named like ours) is not put
-# on sys.path, so nothing there can shadow the installed package.
-WORKER_COMMAND = [sys.executable, "-P", "-m", "wsd.server.worker"]
-
-
-@dataclass
-class WorkerProcess:
-    slot: int
-    bus_slot: int
-    popen: subprocess.Popen
-    role: int | None
-    started_at: float = field(default_factory=time.monotonic)
-    state: str = "starting"  # starting, running, draining
-    psutil_process: Any = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-
-@dataclass
-class WorkerSlot:
-    """A numbered slot: its sockets outlive the worker processes that serve them."""
-
-    index: int
-    ws_socket: Any
-    api_socket: Any
-    current: WorkerProcess | None = None
-    retiring: list[WorkerProcess] = field(default_factory=list)  # old processes still draining
-    state: str = "starting"  # running, dead, crash-loop, stopped
-    restarts: int = 0
-    failed_runs: int = 0  # consecutive short runs
-    spawn_at: float = 0.0
-    last_exit: str = ""
-
-
-@dataclass
-class ReloadStep:
-    slot: WorkerSlot
-    new: WorkerProcess
-    deadline: float
+RETIRE_GRACE_S = 10.0  # a retiring process gets its drain window, the stop timeout and this
+# Settings a reload cannot change: they are built into sockets and segments.
+FIXED_ON_RELOAD = (
+    "host", "port", "api_host", "api_port", "workers", "admin_socket", "ring_size", "channel_table_slots",
+)  # fmt: skip
+# Handled by the loop; SIGUSR1 and SIGUSR2 are only logged (they must not kill the supervisor).
+HANDLED_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
 
 
 class Supervisor:
@@ -118,9 +85,7 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.exit_code = 0
         self.admin: AdminServer | None = None
-        self.reload_queue: list[int] = []
-        self.reload_step: ReloadStep | None = None
-        self.reloads = 0
+        self.reload = RollingReload(self.slots, self._spawn_standby, self._serving, self._hand_over)
 
     # -- set-up --
 
@@ -147,10 +112,10 @@ class Supervisor:
             path = segment_path(self.run_id, bus_slot)
             self.segments.append(Segment.create(path, bus_slot, self.workers, self.epoch, layout))
             self.doorbells.append(bind_doorbell(self.run_id, bus_slot))
-        self.slots = [WorkerSlot(i, ws_sockets[i], api_sockets[i]) for i in range(self.workers)]
+        self.slots.extend(WorkerSlot(i, ws_sockets[i], api_sockets[i]) for i in range(self.workers))
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.pipe_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        for sig in HANDLED_SIGNALS:
             signal.signal(sig, self._queue_signal)
         log.info(
             "wsd listening on ws://%s:%d/ws, publish API on http://%s:%d, %d workers (up to %d connections each), "
@@ -168,27 +133,33 @@ class Supervisor:
         self.setup()
         self.state = "running"
         try:
-            self.manage_workers()
-            while True:
+            self.step(self.manage_workers)
+            while not self.finished():
                 self.sleep()
-                while self.signal_queue:
-                    self.handle_signal(self.signal_queue.pop(0))
-                self.reap_workers()
-                if self.state in ("stopping", "draining"):
-                    if not self.live_processes():
-                        break
-                    self.murder_workers_past_deadline()
-                else:
-                    self.advance_reload()
-                    self.manage_workers()
+                self.step(self.handle_signals)
+                self.step(self.reap_workers)
+                self.step(self.murder_workers)
+                if self.state == "running":
+                    self.step(self.reload.advance)
+                    self.step(self.manage_workers)
         finally:
             self.cleanup()
         log.info("wsd stopped")
         return self.exit_code
 
+    def step(self, verb: Callable[[], None]) -> None:
+        """Run one verb of the loop; an error in it is logged, and the loop goes on."""
+        try:
+            verb()
+        except Exception:
+            log.exception("supervisor: %s failed; carrying on", getattr(verb, "__name__", verb))
+
+    def finished(self) -> bool:
+        return self.state in ("stopping", "draining") and not self.live_processes()
+
     def sleep(self) -> None:
         fds = [self.pipe_r] + (self.admin.readable_fds() if self.admin else [])
-        timeout = BUSY_LOOP_TIMEOUT_S if self.reload_step or self.reload_queue else LOOP_TIMEOUT_S
+        timeout = BUSY_LOOP_TIMEOUT_S if self.reload.step or self.reload.queue else LOOP_TIMEOUT_S
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -201,12 +172,12 @@ class Supervisor:
                 except BlockingIOError:
                     pass
             else:
-                self.admin.handle_readable(fd)
+                self.step(lambda fd=fd: self.admin.handle_readable(fd))
 
-    def handle_signal(self, signum: int) -> None:
-        handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
-        if handler is not None:
-            handler()
+    def handle_signals(self) -> None:
+        while self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            self.step(getattr(self, f"handle_{signal.Signals(signum).name.lower()}"))
 
     def handle_sigchld(self) -> None:
         pass  # reap_workers() runs after every wake-up
@@ -217,8 +188,20 @@ class Supervisor:
     def handle_sigint(self) -> None:
         self.stop("received SIGINT")
 
+    def handle_sigquit(self) -> None:
+        self.stop("received SIGQUIT")
+
     def handle_sighup(self) -> None:
-        self.reload("received SIGHUP")
+        try:
+            self.start_reload("received SIGHUP")
+        except AdminCommandError as exc:
+            log.error("SIGHUP: %s; still serving with the current workers and config", exc)
+
+    def handle_sigusr1(self) -> None:
+        log.warning("received SIGUSR1: ignored (SIGHUP reloads, SIGTERM drains, SIGINT or SIGQUIT stop)")
+
+    def handle_sigusr2(self) -> None:
+        log.warning("received SIGUSR2: ignored (SIGHUP reloads, SIGTERM drains, SIGINT or SIGQUIT stop)")
 
     def live_processes(self) -> list[WorkerProcess]:
         processes = []
@@ -226,14 +209,10 @@ class Supervisor:
             processes.extend(slot.retiring)
             if slot.current is not None:
                 processes.append(slot.current)
+            starting = self.reload.starting_process(slot)
+            if starting is not None:
+                processes.append(starting)
         return processes
-
-    def _signal(self, process: WorkerProcess, signum: int) -> None:
-        if process.popen.poll() is None:
-            try:
-                process.popen.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     # -- stop and drain --
 
@@ -242,164 +221,158 @@ class Supervisor:
         if self.state == "stopping":
             log.warning("second stop request (%s): killing workers now", reason)
             for process in self.live_processes():
-                self._signal(process, signal.SIGKILL)
+                process.kill()
             self.exit_code = 1
             return
         log.info("graceful stop (%s): closing clients with 1001, at most %gs", reason, self.config.stop_timeout)
         self.state = "stopping"
-        self._abandon_reload()
+        self.reload.abandon()
         self.stop_deadline = time.monotonic() + self.config.stop_timeout + 2.0
         for process in self.live_processes():
-            self._signal(process, signal.SIGINT)
+            process.signal(signal.SIGINT)
 
     def drain(self, window_s: float, reason: str) -> None:
         """Drain the whole server: /healthz and new handshakes answer 503, clients are closed
         with 1012 spread over the window, then wsd exits 0. Again: finish promptly (1001)."""
         if self.state == "draining":
             log.info("second drain request (%s): closing the remaining clients now", reason)
-            for slot in self.slots:
-                if slot.current is not None:
-                    self._signal(slot.current, signal.SIGTERM)
+            for process in self.live_processes():
+                process.signal(signal.SIGTERM)
             return
         if self.state == "stopping":
             return
         log.info("draining (%s): clients closed with 1012 over %gs, then exit", reason, window_s)
         self.state = "draining"
-        self._abandon_reload()
+        self.reload.abandon()
         self.stop_deadline = time.monotonic() + window_s + self.config.stop_timeout + 5.0
         for slot in self.slots:
             process = slot.current
             if process is not None:
                 self.segments[process.bus_slot].set_drain_window_s(window_s)
                 process.state = "draining"
-                self._signal(process, signal.SIGTERM)
+                process.signal(signal.SIGTERM)
 
-    def murder_workers_past_deadline(self) -> None:
-        if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+    def murder_workers(self) -> None:
+        """Kill what is past its time: everything at the stop deadline; a worker whose heartbeat is
+        older than --worker-timeout (its loop hangs); a retiring process past its drain."""
+        now = time.monotonic()
+        if self.stop_deadline is not None and now > self.stop_deadline:
             for process in self.live_processes():
                 log.warning("worker %d (pid %d) did not stop in time; killing it", process.slot, process.pid)
-                self._signal(process, signal.SIGKILL)
-            self.stop_deadline = time.monotonic() + 5.0
+                process.kill()
+            self.stop_deadline = now + 5.0
+        timeout = self.config.worker_timeout
+        now_ns = time.monotonic_ns()
+        for process in self.live_processes():
+            if not process.alive():
+                continue
+            stats = self.segments[process.bus_slot].read_stats()
+            if stats["pid"] == process.pid:
+                silent_s = (now_ns - stats["heartbeat_ns"]) / 1e9
+            else:
+                silent_s = now - process.started_at  # not serving yet: its start counts
+            if silent_s > timeout:
+                log.error(
+                    "worker %d (pid %d) has not written its heartbeat for %.1f s (--worker-timeout %g): "
+                    "killing it; it is respawned", process.slot, process.pid, silent_s, timeout,
+                )  # fmt: skip
+                process.kill()
+        retire_limit = self.config.drain_window + self.config.stop_timeout + RETIRE_GRACE_S
+        for slot in self.slots:
+            for process in slot.retiring:
+                if process.alive() and now - process.retiring_since > retire_limit:
+                    log.warning(
+                        "worker %d old process %d still drains %.0f s after its hand-over: killing it",
+                        slot.index, process.pid, now - process.retiring_since,
+                    )  # fmt: skip
+                    process.kill()
 
     # -- rolling reload --
 
-    def reload(self, reason: str) -> dict:
+    def start_reload(self, reason: str) -> dict:
         if self.state != "running":
             raise AdminCommandError(f"cannot reload while {self.state}")
-        if self.reload_step is not None or self.reload_queue:
-            raise AdminCommandError("a reload is already in progress")
         self._reload_config()
-        self.reloads += 1
-        self.reload_queue = list(range(self.workers))
-        log.info("rolling reload (%s): replacing %d workers one slot at a time", reason, self.workers)
-        return {"reloading": True, "workers": self.workers}
+        queued = self.reload.request()
+        if queued:
+            log.info("rolling reload (%s) queued: it starts when the reload in progress is complete", reason)
+        else:
+            log.info("rolling reload (%s): replacing %d workers one slot at a time", reason, self.workers)
+        return {"reloading": True, "queued": queued, "workers": self.workers}
 
     def _reload_config(self) -> None:
-        """New processes get the config file's current settings (flags still win)."""
+        """New processes get the config file's current settings (flags still win); a config that
+        does not load is refused and the running one kept."""
         if not self.config_file:
             return
         try:
             config = build_config(load_toml(self.config_file), self.flag_settings)
         except ConfigError as exc:
             raise AdminCommandError(f"reload refused, the config file is invalid: {exc}") from None
-        fixed = ("host", "port", "api_host", "api_port", "workers", "admin_socket", "ring_size", "channel_table_slots")
-        for name in fixed:
+        for name in FIXED_ON_RELOAD:
             if getattr(config, name) != getattr(self.config, name):
-                log.warning("reload: %s changed in %s; it takes a full restart, keeping the old value", name,
-                            self.config_file)
+                log.warning(
+                    "reload: %s changed in %s; it takes a full restart, keeping the old value", name, self.config_file
+                )
                 setattr(config, name, getattr(self.config, name))
         self.config = config
 
-    def advance_reload(self) -> None:
-        step = self.reload_step
-        if step is None:
-            while self.reload_queue:
-                slot = self.slots[self.reload_queue.pop(0)]
-                if slot.current is None:
-                    continue  # a dead slot is respawned with the new code anyway
-                new = self.spawn_worker(slot, standby=True)
-                self.reload_step = ReloadStep(slot, new, time.monotonic() + RELOAD_READY_TIMEOUT_S)
-                return
-            return
-        new = step.new
-        if new.popen.poll() is not None:
-            log.error("reload: the new worker for slot %d exited (%s); keeping the old one, reload stopped",
-                      step.slot.index, _describe_exit(new.popen.returncode))
-            self.reload_step, self.reload_queue = None, []
-            return
-        stats = self.segments[new.bus_slot].read_stats()
-        if stats["pid"] == new.pid and stats["accepting"]:
-            # The new process accepts on the slot's socket: only now may the old one stop.
-            old = step.slot.current
-            step.slot.current = new
-            new.state = "running"
-            old.state = "draining"
-            step.slot.retiring.append(old)
-            self.segments[old.bus_slot].set_drain_window_s(self.config.drain_window)
-            self._signal(old, signal.SIGUSR1)
-            log.info("reload: slot %d now served by pid %d; pid %d drains over %gs",
-                     step.slot.index, new.pid, old.pid, self.config.drain_window)
-            self.reload_step = None
-            if not self.reload_queue:
-                log.info("reload: every slot has a new worker")
-        elif time.monotonic() > step.deadline:
-            log.error("reload: the new worker for slot %d was not ready in %gs; keeping the old one",
-                      step.slot.index, RELOAD_READY_TIMEOUT_S)
-            self._signal(new, signal.SIGKILL)
-            self.reload_step, self.reload_queue = None, []
+    def _spawn_standby(self, slot: WorkerSlot) -> WorkerProcess:
+        return self.spawn_worker(slot, standby=True)
 
-    def _reload_in_progress(self) -> bool:
-        """Until every replaced process has drained and exited."""
-        return bool(self.reload_step or self.reload_queue or any(slot.retiring for slot in self.slots))
+    def _serving(self, process: WorkerProcess) -> bool:
+        stats = self.segments[process.bus_slot].read_stats()
+        return stats["pid"] == process.pid and bool(stats["accepting"])
 
-    def _abandon_reload(self) -> None:
-        step = self.reload_step
-        if step is not None:
-            step.slot.retiring.append(step.new)  # stopped along with the rest
-        self.reload_step, self.reload_queue = None, []
+    def _hand_over(self, old: WorkerProcess) -> None:
+        old.retiring_since = time.monotonic()
+        self.segments[old.bus_slot].set_drain_window_s(self.config.drain_window)
+        old.signal(signal.SIGUSR1)
 
     # -- processes --
 
     def reap_workers(self) -> None:
         for slot in self.slots:
             for process in list(slot.retiring):
-                if process.popen.poll() is not None:
+                if not process.alive():
                     slot.retiring.remove(process)
-                    log.info("worker %d old process %d exited (%s)", slot.index, process.pid,
-                             _describe_exit(process.popen.returncode))
+                    log.info(
+                        "worker %d old process %d exited (%s)",
+                        slot.index, process.pid, describe_exit(process.popen.returncode),
+                    )  # fmt: skip
                     self._pass_on_role(process)
-            step = self.reload_step
-            if step is not None and step.slot is slot and step.new.popen.poll() is not None:
-                continue  # advance_reload() reports it
             process = slot.current
-            if process is None or process.popen.poll() is None:
+            if process is None or process.alive():
                 continue
             code = process.popen.returncode
             slot.current = None
-            slot.last_exit = _describe_exit(code)
+            slot.last_exit = describe_exit(code)
             self._pass_on_role(process)
             if self.state in ("stopping", "draining"):
                 slot.state = "stopped"
                 log.info("worker %d stopped (%s)", slot.index, slot.last_exit)
                 continue
-            ran_for = time.monotonic() - process.started_at
-            slot.failed_runs = slot.failed_runs + 1 if ran_for < SHORT_RUN_S else 0
-            delay = 0.0 if slot.failed_runs == 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (slot.failed_runs - 1))
-            slot.spawn_at = time.monotonic() + delay
-            if slot.failed_runs >= CRASH_LOOP_RUNS:
-                slot.state = "crash-loop"
-                self._leave_reuseport_group(slot)
-                log.error(
-                    "worker %d is crash-looping: %d runs in a row ended within %gs of starting (last: %s); "
-                    "next attempt in %.1fs. Check the worker log lines above.",
-                    slot.index, slot.failed_runs, SHORT_RUN_S, slot.last_exit, delay,
-                )  # fmt: skip
-            else:
-                slot.state = "dead"
-                log.warning(
-                    "worker %d (pid %d) died after %.1fs (%s); respawning in %.1fs",
-                    slot.index, process.pid, ran_for, slot.last_exit, delay,
-                )  # fmt: skip
+            self._schedule_respawn(slot, process)
+
+    def _schedule_respawn(self, slot: WorkerSlot, process: WorkerProcess) -> None:
+        ran_for = time.monotonic() - process.started_at
+        slot.failed_runs = slot.failed_runs + 1 if ran_for < SHORT_RUN_S else 0
+        delay = 0.0 if slot.failed_runs == 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (slot.failed_runs - 1))
+        slot.spawn_at = time.monotonic() + delay
+        if slot.failed_runs >= CRASH_LOOP_RUNS:
+            slot.state = "crash-loop"
+            self._leave_reuseport_group(slot)
+            log.error(
+                "worker %d is crash-looping: %d runs in a row ended within %gs of starting (last: %s); "
+                "next attempt in %.1fs. Check the worker log lines above.",
+                slot.index, slot.failed_runs, SHORT_RUN_S, slot.last_exit, delay,
+            )  # fmt: skip
+        else:
+            slot.state = "dead"
+            log.warning(
+                "worker %d (pid %d) died after %.1fs (%s); respawning in %.1fs",
+                slot.index, process.pid, ran_for, slot.last_exit, delay,
+            )  # fmt: skip
 
     def _pass_on_role(self, gone: WorkerProcess) -> None:
         """A process that sequenced a role is gone: its slot's current process takes the role."""
@@ -408,12 +381,12 @@ class Supervisor:
         role = gone.role
         gone.role = None
         heir = self.slots[role].current
-        if heir is None or heir.popen.poll() is not None:
+        if heir is None or not heir.alive():
             return  # the respawn takes the role when it starts
         if heir.role is None:
             heir.role = role
             self.segments[heir.bus_slot].set_role_to_take(role)
-            self._signal(heir, signal.SIGUSR2)
+            heir.signal(signal.SIGUSR2)
             log.info("worker %d: role %d passes to pid %d", role, role, heir.pid)
 
     def _role_is_held(self, role: int) -> bool:
@@ -424,7 +397,8 @@ class Supervisor:
         for candidate in (slot.index, slot.index + self.workers, *range(2 * self.workers)):
             if candidate not in used:
                 return candidate
-        raise RuntimeError("no free bus slot")  # cannot happen: at most two processes a slot
+        # At most two processes per slot are alive at once (a reload waits for the retiring ones).
+        raise RuntimeError(f"no free bus slot for a new worker of slot {slot.index}")
 
     def manage_workers(self) -> None:
         now = time.monotonic()
@@ -462,18 +436,18 @@ class Supervisor:
             "segments": [segment.path for segment in self.segments],
         }
         self.segments[bus_slot].set_role_to_take(None)
-        self.segments[bus_slot].set_drain_window_s(0)
-        env = dict(os.environ, WSD_WORKER_SPEC=json.dumps(spec))
+        self.segments[bus_slot].set_drain_window_s(None)
         fds = (slot.ws_socket.fileno(), slot.api_socket.fileno(), self.doorbells[bus_slot].fileno())
-        popen = subprocess.Popen(WORKER_COMMAND, env=env, pass_fds=fds)
+        popen = start_worker_process(spec, fds)
         if not standby and slot.state in ("dead", "crash-loop"):
             slot.restarts += 1
         if slot.state != "crash-loop":
             slot.state = "running"
-        process = WorkerProcess(slot.index, bus_slot, popen, role)
-        log.info("worker %d started (pid %d, bus slot %d%s)", slot.index, popen.pid, bus_slot,
-                 ", stand-by for a reload" if standby else "")
-        return process
+        log.info(
+            "worker %d started (pid %d, bus slot %d%s)",
+            slot.index, popen.pid, bus_slot, ", stand-by for a reload" if standby else "",
+        )  # fmt: skip
+        return WorkerProcess(slot.index, bus_slot, popen, role)
 
     def cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -488,93 +462,28 @@ class Supervisor:
 
     # -- admin commands --
 
-    def _process_status(self, slot: WorkerSlot, process: WorkerProcess | None) -> dict:
-        stats = self.segments[process.bus_slot].read_stats() if process is not None else {}
-        alive = process is not None and stats.get("pid") == process.pid
-        rss, cpu = 0, 0.0
-        if process is not None:
-            try:
-                if process.psutil_process is None:
-                    process.psutil_process = psutil.Process(process.pid)
-                    process.psutil_process.cpu_percent(None)
-                rss = process.psutil_process.memory_info().rss
-                cpu = process.psutil_process.cpu_percent(None)
-            except psutil.Error:
-                pass
-        if process is None:
-            state = slot.state
-        elif not alive:
-            state = "starting"
-        elif stats.get("draining"):
-            state = "draining"
-        elif process.role is None and slot.current is process:
-            state = "standby"
-        else:
-            state = "running" if slot.state != "crash-loop" else "crash-loop"
-
-        def stat(name: str) -> int:
-            return stats.get(name, 0) if alive else 0
-
-        return {
-            "slot": slot.index,
-            "pid": process.pid if process is not None else None,
-            "bus_slot": process.bus_slot if process is not None else None,
-            "role": process.role if process is not None else None,
-            "state": state,
-            "accepting": bool(stat("accepting")),
-            "connections": stat("connections"),
-            "max_connections": self.connection_limit,
-            "channels": stat("channels"),
-            "rss_bytes": rss,
-            "cpu_percent": cpu,
-            "msgs_in": stat("msgs_in"),
-            "msgs_out": stat("msgs_out"),
-            "bus_lag": stat("bus_lag"),
-            "overruns": stat("overruns"),
-            "lost_bytes": stat("lost_bytes"),
-            "gaps": stat("gaps"),
-            "slow_disconnects": stat("slow_disconnects"),
-            "handshakes_refused": stat("handshakes_refused"),
-            "bad_entries": stat("bad_entries"),
-            "draining": bool(stat("draining")),
-            "drain_remaining": stat("drain_remaining"),
-            "restarts": slot.restarts,
-            "last_exit": slot.last_exit or None,
-            **self._bus_status(process),
-        }
-
-    def _bus_status(self, process: WorkerProcess | None) -> dict:
-        if process is None:
-            return bus_status(self.segments, 0, None, time.time_ns()) | {"history_horizon_s": None}
-        return bus_status(self.segments, process.bus_slot, process.role, time.time_ns())
-
     def cmd_status(self, _args: dict) -> dict:
-        workers = []
+        starting = {}
         for slot in self.slots:
-            workers.append(self._process_status(slot, slot.current))
-            step = self.reload_step
-            if step is not None and step.slot is slot:
-                workers.append(self._process_status(slot, step.new))
-            workers.extend(self._process_status(slot, process) for process in slot.retiring)
-        totals = {
-            key: sum(w[key] for w in workers)
-            for key in (
-                "connections", "channels", "rss_bytes", "cpu_percent", "msgs_in", "msgs_out",
-                "overruns", "slow_disconnects", "gaps", "drain_remaining",
-            )
-        }  # fmt: skip
+            process = self.reload.starting_process(slot)
+            if process is not None:
+                starting[slot.index] = process
+        workers = workers_status(self.slots, starting, self.segments, self.connection_limit)
+        state = self.state
+        if state == "running" and self.reload.in_progress:
+            state = "reloading"
         return {
             "supervisor": {
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 3),
-                "state": "reloading" if self.state == "running" and self._reload_in_progress() else self.state,
+                "state": state,
                 "epoch": self.epoch,
                 "port": self.port,
                 "api_port": self.api_port,
-                "reloads": self.reloads,
+                "reloads": self.reload.count,
             },
             "workers": workers,
-            "totals": totals,
+            "totals": totals(workers),
         }
 
     def cmd_publish(self, args: dict) -> dict:
@@ -602,17 +511,13 @@ class Supervisor:
 
     def cmd_drain(self, args: dict) -> dict:
         window = args.get("window_s", self.config.drain_window)
-        if not isinstance(window, (int, float)) or window < 0:
-            raise AdminCommandError(f"drain window must be a number of seconds >= 0, got {window!r}")
+        if not isinstance(window, int | float) or isinstance(window, bool) or not 0 <= window < math.inf:
+            raise AdminCommandError(f"drain window must be a finite number of seconds >= 0, got {window!r}")
         self.drain(float(window), "wsd ctl drain")
         return {"draining": True, "window_s": float(window)}
 
     def cmd_reload(self, _args: dict) -> dict:
-        return self.reload("wsd ctl reload")
-
-
-def _describe_exit(code: int) -> str:
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        return self.start_reload("wsd ctl reload")
 
 
 def _remove_stale_segments() -> None:

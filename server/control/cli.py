@@ -4,54 +4,59 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from wsd.server.admin import DEFAULT_ADMIN_SOCKET
+from wsd.server.control.config import SETTINGS, Config, ConfigError, Setting, check_value
 
 
-def _workers(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        count = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}")
-    return count
+def _flag_type(name: str, spec: Setting):
+    """argparse type of one setting's flag: the text converted to the setting's kind, then checked."""
+
+    def convert(text: str) -> Any:
+        value: Any = text
+        if spec.parse is None and spec.kind in (int, float):
+            try:
+                value = spec.kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {'an integer' if spec.kind is int else 'a number'}, "
+                                                 f"got {text!r}") from None
+        try:
+            return check_value(name, value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name} ")) from None
+
+    convert.__name__ = spec.kind.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def _default_text(name: str, spec: Setting) -> str:
+    if spec.default_text is not None:
+        return spec.default_text
+    default = getattr(Config(), name)
+    return "off" if default is None else str(default)
 
 
 def serve_parser() -> argparse.ArgumentParser:
+    """`wsd serve`'s flags: one per Config setting, its help and default taken from the declaration."""
     parser = argparse.ArgumentParser(
         prog="wsd serve",
         description="Run the WebSocket push server: a supervisor and its worker processes.",
         argument_default=None,
     )
-    add = parser.add_argument
-    add("--config", metavar="FILE", help="TOML file with settings (flags win over it)")
-    add("--host", help="address for WebSocket clients (default 127.0.0.1)")
-    add("--port", type=int, help="port for WebSocket clients (default 8080)")
-    add("--api-host", help="address of the publish API (default 127.0.0.1)")
-    add("--api-port", type=int, help="port of the publish API (default 8081)")
-    add("--workers", type=_workers, help="worker processes, or 'auto' (default: number of cores)")
-    add("--max-connections", type=int, help="connections the server should hold in all (sizes --workers auto)")
-    add("--max-message-size", type=int, help="largest client message in bytes (default 65536); larger: close 1009")
-    add("--max-subscriptions", type=int, help="channels one connection may subscribe to (default 1000)")
-    add("--write-buffer-limit", type=int, help="unsent bytes per client before it is cut off with 1013")
-    add("--admin-socket", metavar="PATH", help=f"admin Unix socket (default {DEFAULT_ADMIN_SOCKET})")
-    add("--echo-path", metavar="PATH", help="also serve a WebSocket echo endpoint at PATH (for Autobahn)")
-    add("--ring-size", type=int, help="bytes of shared-memory bus ring per worker (power of two)")
-    add("--channel-table-slots", type=int, help="channels each worker can sequence (power of two)")
-    add("--stop-timeout", type=float, help="seconds a graceful stop (SIGINT, ctl stop) may take (default 10)")
-    add("--drain-window", type=float, help="seconds over which SIGTERM and reload spread client closes (default 30)")
-    add("--history-size", type=int, help="messages kept per channel for resume (default 100)")
-    add("--history-ttl", type=float, help="seconds a message stays available for resume (default 300)")
-    add("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with settings (flags win over it)")
+    for name, spec in SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{spec.help} (default: {_default_text(name, spec)})"
+        if spec.choices is not None:
+            parser.add_argument(flag, choices=spec.choices, help=help_text, type=str.lower)
+        else:
+            parser.add_argument(flag, type=_flag_type(name, spec), metavar=spec.metavar, help=help_text)
     return parser
 
 
 def serve(argv: list[str]) -> int:
-    from wsd.server.config import ConfigError, build_config, load_toml
-    from wsd.server.listeners import BindError
+    from wsd.server.control.config import build_config, load_toml
+    from wsd.server.control.listeners import BindError
     from wsd.server.logs import setup_logging
 
     args = vars(serve_parser().parse_args(argv))
@@ -69,8 +74,8 @@ def serve(argv: list[str]) -> int:
         setproctitle("wsd: supervisor")
     except ImportError:  # pragma: no cover
         pass
-    from wsd.server.admin import AdminSocketError
-    from wsd.server.supervisor import Supervisor
+    from wsd.server.control.admin import AdminSocketError
+    from wsd.server.control.supervisor import Supervisor
 
     try:
         return Supervisor(config, config_file, {k: v for k, v in args.items() if v is not None}).run()
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "serve":
         return serve(rest)
     if command == "ctl":
-        from wsd.server.ctl import main as ctl_main
+        from wsd.server.control.ctl import main as ctl_main
 
         return ctl_main(rest)
     if command == "balancer":

@@ -1,9 +1,9 @@
-"""SubscriberIndex: frames fanned out during a bus poll reach each subscriber in one write, in order."""
+"""The hub: frames fanned out during a bus poll reach each subscriber in one write, in order."""
 
 from __future__ import annotations
 
 from wsd.ext.frames import msg_frame
-from wsd.server.subscribers import SubscriberIndex
+from wsd.server.node.hub import Hub
 
 
 class RecordingTransport:
@@ -21,7 +21,7 @@ class RecordingTransport:
 
 
 def test_a_poll_worth_of_messages_is_one_write_per_subscriber_in_offset_order() -> None:
-    index = SubscriberIndex(write_buffer_limit=1 << 20, on_slow=lambda session: None)
+    index = Hub(write_buffer_limit=1 << 20, on_slow=lambda session: None)
     first, second = RecordingTransport(), RecordingTransport()
     index.add(7, first, "session 1")
     index.add(7, second, "session 2")
@@ -37,7 +37,7 @@ def test_a_poll_worth_of_messages_is_one_write_per_subscriber_in_offset_order() 
 
 
 def test_each_channel_is_written_separately_and_only_to_its_subscribers() -> None:
-    index = SubscriberIndex(write_buffer_limit=1 << 20, on_slow=lambda session: None)
+    index = Hub(write_buffer_limit=1 << 20, on_slow=lambda session: None)
     both, only_a = RecordingTransport(), RecordingTransport()
     index.add(1, both, "both")
     index.add(2, both, "both")
@@ -51,7 +51,7 @@ def test_each_channel_is_written_separately_and_only_to_its_subscribers() -> Non
 
 def test_a_subscriber_over_the_write_buffer_limit_is_reported_slow_once_per_channel_write() -> None:
     slow: list[str] = []
-    index = SubscriberIndex(write_buffer_limit=100, on_slow=slow.append)
+    index = Hub(write_buffer_limit=100, on_slow=slow.append)
     index.add(3, RecordingTransport(buffered=101), "slow reader")
     index.add(3, RecordingTransport(buffered=100), "keeps up")
     index.fan_out(3, b"c", 1, b"0")

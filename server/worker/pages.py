@@ -7,8 +7,8 @@ from pathlib import Path
 
 from picows import WSUpgradeResponse
 
-# Inside the installed package (package data): served the same from a wheel, an sdist or a checkout.
-STATIC_DIR = Path(__file__).parent / "static"
+# Package data of wsd.server.static: served the same from a wheel, an sdist or a checkout.
+STATIC_DIR = Path(__file__).parent.parent / "static"
 
 _ROUTES = {
     b"/": ("index.html", "text/html; charset=utf-8"),

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from wsd.server.admin import DEFAULT_ADMIN_SOCKET, MAX_REQUEST_BYTES
+from wsd.server.control.admin import DEFAULT_ADMIN_SOCKET, MAX_REQUEST_BYTES
+from wsd.server.counters import TOTALS
 
 PROG = "wsd ctl"
 # A reply bigger than this is not something wsd sends; stop reading instead of growing forever.
@@ -30,6 +31,48 @@ class CtlError(Exception):
 
 
 # -- human output ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the status table: a field of each worker's entry and how to show it."""
+
+    header: str
+    field: str
+    show: Callable[[object], str] = lambda value: _text(value)
+
+    def cell(self, entry: dict) -> str:
+        # Some cells show two fields: "current/limit", "used/size", "horizon, lapped or not".
+        if self.field == "connections":
+            return _connections(entry.get("connections"), entry.get("max_connections"))
+        if self.field == "table_used":
+            return _table_fill(entry.get("table_used"), entry.get("table_size"))
+        if self.field == "history_horizon_s":
+            return _horizon(entry.get("history_horizon_s"), entry.get("ring_lapped"))
+        return self.show(entry.get(self.field))
+
+
+# The numbers come from the stats block (wsd.server.counters) or the supervisor (state, RSS, CPU).
+STATUS_COLUMNS = (
+    Column("SLOT", "slot"),
+    Column("PID", "pid"),
+    Column("STATE", "state"),
+    Column("ACCEPTING", "accepting", lambda value: _yes_no(value)),
+    Column("CONNS", "connections"),
+    Column("CHANNELS", "channels"),
+    Column("RSS", "rss_bytes", lambda value: _mebibytes(value)),
+    Column("CPU", "cpu_percent", lambda value: _percent(value)),
+    Column("MSGS IN", "msgs_in"),
+    Column("MSGS OUT", "msgs_out"),
+    Column("BUS LAG", "bus_lag"),
+    Column("OVERRUNS", "overruns"),
+    Column("SLOW DISC", "slow_disconnects"),
+    Column("TABLE", "table_used"),
+    Column("HISTORY", "history_horizon_s"),
+    Column("RESTARTS", "restarts"),
+)
+# Fields the totals row shows: what the supervisor sums (declared in wsd.server.counters).
+SUMMED = {*TOTALS, "rss_bytes", "cpu_percent"}
 
 
 def render_status(result: object) -> str:
@@ -47,50 +90,18 @@ def render_status(result: object) -> str:
             f"wsd supervisor pid {_text(supervisor.get('pid'))}, {_text(supervisor.get('state'))}, "
             f"up {_duration(supervisor.get('uptime_s'))}, epoch {_text(supervisor.get('epoch'))}"
         )
-    header = [
-        "SLOT", "PID", "STATE", "ACCEPTING", "CONNS", "CHANNELS", "RSS", "CPU",
-        "MSGS IN", "MSGS OUT", "BUS LAG", "OVERRUNS", "SLOW DISC", "TABLE", "HISTORY", "RESTARTS",
-    ]  # fmt: skip
+    header = [column.header for column in STATUS_COLUMNS]
     # Left-align the words, right-align the numbers.
     left_aligned = {"SLOT", "STATE", "ACCEPTING"}
     rows = []
     workers = result.get("workers")
     for worker in workers if isinstance(workers, list) else []:
-        if not isinstance(worker, dict):
-            continue
-        rows.append([
-            _text(worker.get("slot")),
-            _text(worker.get("pid")),
-            _text(worker.get("state")),
-            _yes_no(worker.get("accepting")),
-            _connections(worker.get("connections"), worker.get("max_connections")),
-            _text(worker.get("channels")),
-            _mebibytes(worker.get("rss_bytes")),
-            _percent(worker.get("cpu_percent")),
-            _text(worker.get("msgs_in")),
-            _text(worker.get("msgs_out")),
-            _text(worker.get("bus_lag")),
-            _text(worker.get("overruns")),
-            _text(worker.get("slow_disconnects")),
-            _table_fill(worker.get("table_used"), worker.get("table_size")),
-            _horizon(worker.get("history_horizon_s"), worker.get("ring_lapped")),
-            _text(worker.get("restarts")),
-        ])  # fmt: skip
+        if isinstance(worker, dict):
+            rows.append([column.cell(worker) for column in STATUS_COLUMNS])
     totals = result.get("totals")
     if isinstance(totals, dict):
-        rows.append([
-            "total", "", "", "",
-            _text(totals.get("connections")),
-            _text(totals.get("channels")),
-            _mebibytes(totals.get("rss_bytes")),
-            _percent(totals.get("cpu_percent")),
-            _text(totals.get("msgs_in")),
-            _text(totals.get("msgs_out")),
-            "",
-            _text(totals.get("overruns")),
-            _text(totals.get("slow_disconnects")),
-            "", "", "",
-        ])  # fmt: skip
+        row = [column.cell(totals) if column.field in SUMMED else "" for column in STATUS_COLUMNS]
+        rows.append(["total", *row[1:]])
     lines.extend(_table(header, rows, left_aligned))
     return "\n".join(lines)
 

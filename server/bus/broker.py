@@ -1,0 +1,171 @@
+"""The shared-memory bus of one host as a Broker (wsd.server.node.broker): the BusEngine of this
+process wired to its event loop.
+
+It owns what the engine leaves to its caller: when to read the rings (a doorbell, a publish of our
+own, a periodic tick that covers a doorbell lost while a writer restarted), the publishes waiting
+for another worker to sequence them (a future each, failed after PUBLISH_TIMEOUT_S), and the watch
+on its ring's history horizon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from wsd.server.bus.doorbell import Doorbells
+from wsd.server.bus.engine import BusEngine, BusError, MessageTooLarge
+from wsd.server.bus.segment import Segment
+from wsd.server.bus.status import HorizonWatch
+from wsd.server.bus.tick import Periodic
+from wsd.server.node.broker import BrokerError, DeliverCallback, Pending, StreamPosition
+
+log = logging.getLogger("wsd.bus")
+
+PUBLISH_TIMEOUT_S = 5.0
+TICK_S = 0.05  # bus poll fallback: covers a doorbell lost while a writer was restarting
+HORIZON_CHECK_S = 0.5
+
+
+class ShmBroker:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        bus_slot: int,
+        segments: list[Segment],
+        doorbell_socket: socket.socket,
+        run_id: str,
+        role: int | None,
+        deliver: DeliverCallback,
+        deliveries_done: Callable[[], None],
+        history_size: int,
+        history_ttl_s: float,
+    ):
+        self.loop = loop
+        self.bus_slot = bus_slot
+        self.segments = segments
+        self.own_segment = segments[bus_slot]
+        self.history_size = history_size
+        self.history_ttl_s = history_ttl_s
+        self.doorbell_socket = doorbell_socket
+        self.doorbells = Doorbells(run_id, doorbell_socket, segments)
+        # token -> (future of the offset, its timeout)
+        self.pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
+        self.engine = BusEngine(
+            bus_slot, segments, deliver, self._acknowledge, self.doorbells.ring, role=role, poll_done=deliveries_done
+        )
+        self._poll_scheduled = False
+        self.horizon_watch = HorizonWatch(self.own_segment.ring, history_ttl_s, f"bus slot {bus_slot}")
+
+    def start(self) -> None:
+        self.loop.add_reader(self.doorbell_socket.fileno(), self._on_doorbell)
+        Periodic(self.loop, TICK_S, self._tick, "bus tick").start()
+        Periodic(self.loop, HORIZON_CHECK_S, lambda: self.horizon_watch.check(time.time_ns()), "horizon check").start()
+        self.engine.poll()
+
+    def max_request_size(self) -> int:
+        """The largest publish API request body: one ring entry (see BusEngine.max_request_size)."""
+        return self.engine.max_request_size()
+
+    @property
+    def role(self) -> int | None:
+        return self.engine.role
+
+    def take_role(self, role: int) -> None:
+        """Become the sequencer of `role` (its last holder exited)."""
+        self.engine.take_role(role)
+
+    # -- Broker --
+
+    def publish(self, channel: str, data_json: bytes) -> Pending[int]:
+        try:
+            offset, token = self.engine.publish(channel, data_json)
+        except MessageTooLarge as exc:
+            raise BrokerError(str(exc), status=413) from None
+        except BusError as exc:
+            raise BrokerError(str(exc)) from None
+        self._schedule_poll()
+        if token == 0:
+            return offset
+        future = self.loop.create_future()
+        timer = self.loop.call_later(PUBLISH_TIMEOUT_S, self._publish_timed_out, token)
+        self.pending[token] = (future, timer)
+        return future
+
+    def subscribe(self, channel: str) -> StreamPosition:
+        epoch, offset = self.engine.subscribe(channel)
+        return StreamPosition(offset, epoch)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.engine.unsubscribe(channel)
+
+    def position(self, channel: str) -> StreamPosition:
+        epoch, offset = self.engine.position(channel)
+        return StreamPosition(offset, epoch)
+
+    def history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes]] | None:
+        not_before_ns = time.time_ns() - int(self.history_ttl_s * 1e9)
+        return self.engine.history(channel, since.epoch, since.offset, upto, self.history_size, not_before_ns)
+
+    # -- acknowledgements of publishes another worker sequences --
+
+    def _acknowledge(self, token: int, offset: int) -> None:
+        entry = self.pending.pop(token, None)
+        if entry is None:
+            return
+        future, timer = entry
+        timer.cancel()
+        if not future.done():
+            future.set_result(offset)
+
+    def _publish_timed_out(self, token: int) -> None:
+        entry = self.pending.pop(token, None)
+        self.engine.forget_token(token)
+        if entry is None or entry[0].done():
+            return
+        entry[0].set_exception(
+            BrokerError(f"timed out after {PUBLISH_TIMEOUT_S:g}s waiting for the channel's owner worker")
+        )
+
+    # -- when to read the rings --
+
+    def _schedule_poll(self) -> None:
+        # Coalesce: many publishes in one loop iteration are read back in one pass.
+        if not self._poll_scheduled:
+            self._poll_scheduled = True
+            self.loop.call_soon(self._poll_now)
+
+    def _poll_now(self) -> None:
+        self._poll_scheduled = False
+        self.engine.poll()
+
+    def _on_doorbell(self) -> None:
+        self.doorbells.acknowledge(self.bus_slot)
+        self.engine.poll()
+
+    def _tick(self) -> None:
+        self.doorbells.acknowledge(self.bus_slot)
+        self.engine.poll()
+
+    # -- numbers for the stats block --
+
+    @property
+    def overruns(self) -> int:
+        return self.engine.overruns
+
+    @property
+    def lost_bytes(self) -> int:
+        return self.engine.lost_bytes
+
+    @property
+    def gaps(self) -> int:
+        return self.engine.gaps
+
+    @property
+    def bad_entries(self) -> int:
+        return self.engine.bad_entries
+
+    def lag_bytes(self) -> int:
+        return self.engine.lag_bytes()

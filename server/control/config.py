@@ -1,0 +1,246 @@
+"""wsd serve configuration: defaults, a TOML file (`--config`) and command-line flags, in that order.
+
+Every setting is declared once, in `Config`: its default, its type, its help text. The TOML keys
+(`max_message_size = 65536`, top level or under `[serve]`), the flags (`--max-message-size 65536`)
+and `wsd serve --help` all derive from that declaration. Flags win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import resource
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Descriptors a worker keeps for itself besides client connections: listening sockets, the
+# doorbell, shared-memory maps, API connections, log files, the Python runtime's own.
+RESERVED_DESCRIPTORS = 100
+
+
+class ConfigError(ValueError):
+    """A setting is invalid: the message says which one, what was wrong and what is allowed."""
+
+
+def _workers(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(f"must be a positive integer or 'auto', got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one Config field is given: its type, its help, how a flag's text becomes a value."""
+
+    kind: type  # int, float, str or bool; a value of another type is an error
+    help: str
+    optional: bool = False  # None (the default) means "not set"
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[Any], Any] | None = None  # replaces the kind check (e.g. workers: int or "auto")
+    default_text: str | None = None  # shown in --help when the default is computed
+
+
+def setting(default: Any, kind: type, help: str, **options: Any) -> Any:
+    """A Config field with its Setting in the field's metadata."""
+    meta = {"setting": Setting(kind, help, **options)}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    host: str = setting("127.0.0.1", str, "address for WebSocket clients")
+    port: int = setting(8080, int, "port for WebSocket clients (also /healthz and the demo page)")
+    api_host: str = setting("127.0.0.1", str, "address of the publish API")
+    api_port: int = setting(8081, int, "port of the publish API")
+    workers: int | str = setting(
+        lambda: os.cpu_count() or 1, int, "worker processes, or 'auto': enough for --max-connections",
+        parse=_workers, default_text="number of cores",
+    )  # fmt: skip
+    max_connections: int | None = setting(
+        None, int, "connections the whole server holds (each worker stops accepting at its share)",
+        optional=True, default_text="as descriptors allow",
+    )  # fmt: skip
+    max_message_size: int = setting(64 * 1024, int, "largest client message in bytes; larger: close 1009")
+    max_subscriptions: int = setting(1000, int, "channels one connection may subscribe to")
+    write_buffer_limit: int = setting(1024 * 1024, int, "unsent bytes per client before it is cut off with 1013")
+    admin_socket: str = setting("./wsd.sock", str, "admin Unix socket of `wsd ctl` (mode 0600)", metavar="PATH")
+    echo_path: str | None = setting(
+        None, str, "also serve a WebSocket echo endpoint at PATH (for Autobahn)", optional=True, metavar="PATH"
+    )
+    ring_size: int = setting(64 * 1024 * 1024, int, "bytes of shared-memory bus ring per worker (power of two)")
+    # Subscribing looks the table up, so every worker ends up with pages of every table resident:
+    # size it to the load, not larger.
+    channel_table_slots: int = setting(1 << 16, int, "channels each worker can sequence (power of two)")
+    stop_timeout: float = setting(10.0, float, "seconds a graceful stop (SIGINT, ctl stop) may take")
+    drain_window: float = setting(30.0, float, "seconds over which SIGTERM and reloads spread client closes")
+    worker_timeout: float = setting(
+        30.0, float, "seconds without a heartbeat after which a hung worker is killed and respawned"
+    )
+    history_size: int = setting(100, int, "messages kept per channel for resume")
+    history_ttl: float = setting(300.0, float, "seconds a message stays available for resume")
+    log_level: str = setting("info", str, "log level", choices=("debug", "info", "warning", "error"))
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first invalid setting."""
+        for name in ("port", "api_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{name} must be a TCP port 0-65535, got {value!r}")
+        if self.port == self.api_port and self.port != 0 and self.host == self.api_host:
+            raise ConfigError(f"port and api_port must differ, both are {self.port}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ConfigError(f"max_connections must be positive, got {self.max_connections}")
+        if self.max_message_size < 128:
+            raise ConfigError(f"max_message_size must be at least 128 bytes, got {self.max_message_size}")
+        if self.max_subscriptions < 1:
+            raise ConfigError(f"max_subscriptions must be positive, got {self.max_subscriptions}")
+        if self.write_buffer_limit < 1:
+            raise ConfigError(f"write_buffer_limit must be positive, got {self.write_buffer_limit}")
+        if self.ring_size < 1 << 16 or self.ring_size & (self.ring_size - 1):
+            raise ConfigError(f"ring_size must be a power of two >= 65536, got {self.ring_size}")
+        if self.max_message_size > self.ring_size // 4 - 1024:
+            raise ConfigError(
+                f"max_message_size {self.max_message_size} does not fit the bus ring "
+                f"(ring_size {self.ring_size}); raise ring_size to at least 4x the message size"
+            )
+        slots = self.channel_table_slots
+        if slots < 1024 or slots & (slots - 1):
+            raise ConfigError(f"channel_table_slots must be a power of two >= 1024, got {slots}")
+        if self.echo_path is not None and not self.echo_path.startswith("/"):
+            raise ConfigError(f"echo_path must start with '/', got {self.echo_path!r}")
+        if self.echo_path in ("/ws", "/healthz", "/", "/wsd.js"):
+            raise ConfigError(f"echo_path {self.echo_path!r} collides with a built-in path")
+        for name in ("drain_window", "history_ttl"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value}")
+        if self.history_size < 0:
+            raise ConfigError(f"history_size must be >= 0, got {self.history_size}")
+        for name in ("stop_timeout", "worker_timeout"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)}
+
+
+def check_value(name: str, value: Any) -> Any:
+    """The value of setting `name` from a file or a flag, or ConfigError saying what is wrong."""
+    spec = SETTINGS[name]
+    if value is None and spec.optional:
+        return None
+    if spec.parse is not None:
+        try:
+            return spec.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
+    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {_kind_name(spec.kind)}, got {type(value).__name__} {value!r}")
+    if spec.choices is not None:
+        if value.lower() not in spec.choices:
+            raise ConfigError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
+        value = value.lower()
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def load_toml(path: str) -> dict:
+    """Read a TOML config file into a settings dict, rejecting unknown keys with a clear error."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept a [serve] table as well as top-level keys.
+    serve = data.pop("serve", {})
+    if not isinstance(serve, dict):
+        raise ConfigError(f"config file {path}: 'serve' must be a table ([serve]), got {type(serve).__name__}")
+    settings = dict(serve)
+    settings.update(data)
+    normalized = {}
+    for key, value in settings.items():
+        name = key.replace("-", "_")
+        if name not in SETTINGS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS))}")
+        try:
+            normalized[name] = check_value(name, value)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    return normalized
+
+
+def build_config(file_settings: dict, flag_settings: dict) -> Config:
+    """Defaults, then the file, then the flags that were given (None means 'not given')."""
+    config = Config()
+    for source in (file_settings, flag_settings):
+        for name, value in source.items():
+            if value is not None:
+                setattr(config, name, check_value(name, value))
+    config.validate()
+    return config
+
+
+def descriptor_limit() -> int:
+    """The per-process open-file limit (RLIMIT_NOFILE soft limit, raised to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connections_per_worker_cap() -> int:
+    """Most client connections one worker can hold under the descriptor limit."""
+    return max(1, descriptor_limit() - RESERVED_DESCRIPTORS)
+
+
+def resolve_worker_count(config: Config) -> int:
+    """`--workers auto`: enough workers for max_connections, never fewer than the cores."""
+    cores = os.cpu_count() or 1
+    if config.workers != "auto":
+        return int(config.workers)
+    if config.max_connections is None:
+        return cores
+    return max(cores, math.ceil(config.max_connections / connections_per_worker_cap()))
+
+
+def per_worker_connection_limit(config: Config, workers: int) -> int:
+    """A worker stops accepting at this many connections (before it runs out of descriptors)."""
+    cap = connections_per_worker_cap()
+    if config.max_connections is None:
+        return cap
+    return min(cap, math.ceil(config.max_connections / workers))
+
+
+def admin_socket_path(config: Config) -> str:
+    return str(Path(config.admin_socket).absolute())

@@ -1,0 +1,254 @@
+"""The node: wires client sessions and the publish API to the hub of local subscribers and the broker.
+
+As in Centrifuge's `node.go`: a subscription goes to the hub, and only the first local subscriber of
+a channel goes on to the broker (`broker.subscribe`); a publication the broker delivers goes to the
+hub, which encodes it once for every local subscriber. Publishing has one path for WebSocket
+clients and the HTTP API (`publish`). The node is the `SessionHost` that sessions talk to.
+
+Brokers may answer `subscribe` and `history` later (a remote bus): while a subscriber waits for
+its position and history, the hub holds the live messages meant for it, so the reply, the replayed
+history and the live messages reach it in offset order, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from picows import WSCloseCode
+
+from wsd.ext.frames import msg_frame
+from wsd.ext.hashing import channel_hash
+from wsd.server.counters import WorkerCounters
+from wsd.server.node.broker import Broker, BrokerError, Pending, StreamPosition
+from wsd.server.node.hub import Hub
+from wsd.server.protocol import PUBLISH_FAILED, UNAVAILABLE, Publish, Subscribe, err_reply, ok_reply
+
+log = logging.getLogger("wsd.node")
+
+SLOW_CLOSE_GRACE_S = 5.0  # a slow reader closed with 1013 gets this long to take the close frame
+
+
+class Node:
+    def __init__(
+        self,
+        counters: WorkerCounters,
+        worker_slot: int,
+        max_subscriptions: int,
+        write_buffer_limit: int,
+        on_session_opened: Callable[[Any], None],
+        on_session_closed: Callable[[Any], None],
+    ):
+        self.hub = Hub(write_buffer_limit, self._cut_off_slow_reader)
+        self.write_buffer_limit = write_buffer_limit
+        self.broker: Broker | None = None  # set once the broker exists (it needs our callbacks)
+        self.counters = counters
+        self.worker_slot = worker_slot
+        self.max_subscriptions = max_subscriptions
+        self._on_session_opened = on_session_opened
+        self._on_session_closed = on_session_closed
+        # chan_hash -> the first local subscriber's pending broker.subscribe(), while it is pending
+        self._subscribing: dict[int, asyncio.Future] = {}
+
+    # -- deliveries from the broker --
+
+    def deliver(self, chan_hash: int, channel: bytes, epoch: int, offset: int, data: bytes, ts_ns: int) -> None:
+        self.hub.fan_out(chan_hash, channel, offset, data)
+
+    def deliveries_done(self) -> None:
+        self.hub.flush()
+
+    # -- SessionHost: what a client session calls --
+
+    def session_opened(self, session: Any) -> None:
+        self._on_session_opened(session)
+
+    def session_closed(self, session: Any) -> None:
+        self.drop_subscriptions(session)
+        self._on_session_closed(session)
+
+    def subscribe(self, session: Any, request: Subscribe) -> None:
+        """Subscribe the session (it has not subscribed `request.channel` yet) and answer it: `ok`
+        with the channel's position, then, for a resume, the missed messages; or an `err`."""
+        channel = request.channel
+        name = channel.encode()
+        chan_hash = channel_hash(name)
+        transport = session.raw
+        first = self.hub.add(chan_hash, transport, session)
+        if first:
+            position: Pending[StreamPosition] = self._broker_subscribe(chan_hash, channel)
+        elif chan_hash in self._subscribing:
+            position = self._subscribing[chan_hash]
+        else:
+            position = self.broker.position(channel)
+        if isinstance(position, StreamPosition):
+            missed = self._missed(channel, request, position)
+            if not isinstance(missed, Awaitable):
+                self._answer(session, request, chan_hash, position, missed)
+                return
+        # Something is on its way: hold live messages for this session until it is answered.
+        self.hub.hold(chan_hash, transport)
+        asyncio.ensure_future(self._subscribe_later(session, request, chan_hash, position))
+
+    def _broker_subscribe(self, chan_hash: int, channel: str) -> Pending[StreamPosition]:
+        try:
+            outcome = self.broker.subscribe(channel)
+        except BrokerError as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+            outcome = future
+        if isinstance(outcome, StreamPosition):
+            return outcome
+        future = asyncio.ensure_future(outcome)
+        self._subscribing[chan_hash] = future
+        future.add_done_callback(lambda _: self._subscribing.pop(chan_hash, None))
+        return future
+
+    def _missed(
+        self, channel: str, request: Subscribe, position: StreamPosition
+    ) -> Pending[list[tuple[int, bytes]] | None]:
+        if request.since is None:
+            return None
+        since_offset, since_epoch = request.since
+        if since_epoch != position.epoch:
+            return None
+        return self.broker.history(channel, StreamPosition(since_offset, since_epoch), position.offset)
+
+    async def _subscribe_later(
+        self, session: Any, request: Subscribe, chan_hash: int, position: Pending[StreamPosition]
+    ) -> None:
+        channel = request.channel
+        try:
+            if not isinstance(position, StreamPosition):
+                position = await position
+            missed = self._missed(channel, request, position)
+            if isinstance(missed, Awaitable):
+                missed = await missed
+        except BrokerError as exc:
+            if self._still_subscribed(session, channel):
+                session.forget_channel(channel)
+                self._unsubscribe_channel(session, channel)
+                session.send_text(err_reply(request.id, exc.code, str(exc)))
+            return
+        if not self._still_subscribed(session, channel):
+            return  # gone, or unsubscribed meanwhile
+        kept = self.hub.release(chan_hash, session.raw)
+        self._answer(session, request, chan_hash, position, missed, kept)
+
+    @staticmethod
+    def _still_subscribed(session: Any, channel: str) -> bool:
+        return session.raw is not None and not session.raw.is_closing() and session.has_channel(channel)
+
+    def _answer(
+        self,
+        session: Any,
+        request: Subscribe,
+        chan_hash: int,
+        position: StreamPosition,
+        missed: list[tuple[int, bytes]] | None,
+        kept: list[tuple[int, bytes]] = (),
+    ) -> None:
+        reply: dict[str, Any] = {"off": position.offset, "epoch": position.epoch}
+        if request.since is not None:
+            reply["recovered"] = missed is not None
+        reply["worker"] = self.worker_slot
+        session.send_text(ok_reply(request.id, **reply))
+        frames = []
+        last = position.offset
+        if missed:
+            name = request.channel.encode()
+            frames = [msg_frame(name, offset, data) for offset, data in missed]
+        # Live messages that arrived while we waited: only those after what the session was told.
+        frames.extend(frame for offset, frame in kept if offset > last)
+        if frames:
+            self.hub.write_to(session, b"".join(frames))
+
+    def subscribe_again(self, session: Any, request: Subscribe) -> None:
+        """A `sub` of a channel the session holds already: its position, nothing replayed twice."""
+        chan_hash = channel_hash(request.channel.encode())
+        if chan_hash in self._subscribing or (chan_hash, session.raw) in self.hub.held:
+            # Its first `sub` is still being answered; that answer carries the position.
+            session.send_text(ok_reply(request.id, worker=self.worker_slot))
+            return
+        position = self.broker.position(request.channel)
+        reply: dict[str, Any] = {"off": position.offset, "epoch": position.epoch}
+        if request.since is not None:
+            # Everything after the first subscription has been delivered on this connection already.
+            reply["recovered"] = True
+        reply["worker"] = self.worker_slot
+        session.send_text(ok_reply(request.id, **reply))
+
+    def unsubscribe(self, session: Any, channel: str) -> None:
+        self._unsubscribe_channel(session, channel)
+
+    def _unsubscribe_channel(self, session: Any, channel: str) -> None:
+        chan_hash = channel_hash(channel.encode())
+        if self.hub.remove(chan_hash, session.raw) and chan_hash not in self._subscribing:
+            self.broker.unsubscribe(channel)
+        elif not self.hub.has_subscribers(chan_hash) and chan_hash in self._subscribing:
+            # The broker's subscribe is still pending: drop the interest once it has been taken.
+            self._subscribing[chan_hash].add_done_callback(lambda f: self._drop_if_unwanted(chan_hash, channel, f))
+
+    def _drop_if_unwanted(self, chan_hash: int, channel: str, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None and not self.hub.has_subscribers(chan_hash):
+            self.broker.unsubscribe(channel)
+
+    def _cut_off_slow_reader(self, session: Any) -> None:
+        """A subscriber whose unsent bytes passed the limit: close it (1013) rather than grow our memory."""
+        raw = session.raw
+        if raw is None or raw.is_closing():
+            return
+        self.counters.slow_disconnects += 1
+        log.info(
+            "worker %d: slow reader cut off (write buffer over %d bytes)", self.worker_slot, self.write_buffer_limit
+        )
+        self.drop_subscriptions(session)
+        session.close(WSCloseCode.TRY_AGAIN_LATER, "too slow: write buffer limit exceeded")
+        # A reader that does not read will not take the close frame either.
+        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_S, lambda: raw.is_closing() and raw.abort())
+
+    def drop_subscriptions(self, session: Any) -> None:
+        for channel in session.take_channels():
+            self._unsubscribe_channel(session, channel)
+
+    def publish_for_client(self, session: Any, request: Publish) -> None:
+        """A client's `pub`: answered with `ok` and the offset, or `err`."""
+        try:
+            outcome = self.publish(request.channel, request.data_json)
+        except BrokerError as exc:
+            session.send_text(err_reply(request.id, _publish_error_code(exc), str(exc)))
+            return
+        if isinstance(outcome, int):
+            session.send_text(ok_reply(request.id, off=outcome))
+            return
+        outcome.add_done_callback(lambda future: _answer_publish(session, request.id, future))
+
+    # -- publishing: one path for clients and the API --
+
+    def publish(self, channel: str, data_json: bytes) -> Pending[int]:
+        """Put a message on the broker now: its offset, or a future of it. Raises BrokerError."""
+        self.counters.msgs_in += 1
+        outcome = self.broker.publish(channel, data_json)
+        if isinstance(outcome, int):
+            return outcome
+        return asyncio.ensure_future(outcome)
+
+
+def _publish_error_code(exc: BrokerError) -> str:
+    return exc.code if exc.code in (PUBLISH_FAILED, UNAVAILABLE) else PUBLISH_FAILED
+
+
+def _answer_publish(session: Any, request_id: Any, future: asyncio.Future) -> None:
+    if future.cancelled():
+        session.send_text(err_reply(request_id, PUBLISH_FAILED, "publish cancelled"))
+        return
+    exc = future.exception()
+    if exc is None:
+        session.send_text(ok_reply(request_id, off=future.result()))
+    elif isinstance(exc, BrokerError):
+        session.send_text(err_reply(request_id, _publish_error_code(exc), str(exc)))
+    else:
+        log.error("publish failed", exc_info=exc)
+        session.send_text(err_reply(request_id, PUBLISH_FAILED, f"internal error: {exc!r}"))

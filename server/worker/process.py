@@ -1,0 +1,265 @@
+"""A worker process: one uvloop loop serving WebSocket (picows) and the publish API on its slot's
+SO_REUSEPORT sockets, wired to the cross-worker bus.
+
+Started by the supervisor as `python -P -m wsd.server.worker` with its sockets inherited and a JSON
+spec in the WSD_WORKER_SPEC environment variable; it shares nothing with other workers but the bus.
+This module is the process's life cycle: bootstrap, signals, stop and drain, the stats heartbeat.
+The work is done by the node (sessions, hub, broker), the routes and the accept gate it composes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import uvloop
+from picows import WSCloseCode
+
+from wsd.server.bus.broker import ShmBroker
+from wsd.server.bus.segment import Segment
+from wsd.server.control.config import Config
+from wsd.server.counters import WorkerCounters
+from wsd.server.http_api import PublishError, make_api_protocol_factory, start_api_server
+from wsd.server.logs import setup_logging
+from wsd.server.node.broker import BrokerError
+from wsd.server.node.node import Node
+from wsd.server.worker.accept import AcceptGate
+from wsd.server.worker.drain import Drain
+from wsd.server.worker.routes import WebSocketRoutes
+from wsd.server.worker.session import ClientSession
+from wsd.server.worker.ws_conformance import picows_server_kwargs
+
+log = logging.getLogger("wsd.worker")
+
+STATS_EVERY_S = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    def __init__(self, spec: dict[str, Any]):
+        self.slot: int = spec["slot"]  # the socket slot: which listening sockets
+        self.bus_slot: int = spec["bus_slot"]  # where this process writes on the bus
+        self.role: int | None = spec["role"]
+        self.config = Config(**spec["config"])
+        self.connection_limit: int = spec["connection_limit"]
+        self.run_id: str = spec["run_id"]
+        self.ws_socket = socket.socket(fileno=spec["ws_fd"])
+        self.api_socket = socket.socket(fileno=spec["api_fd"])
+        self.bell_socket = socket.socket(fileno=spec["bell_fd"])
+        self.segments = [Segment.attach(path) for path in spec["segments"]]
+        self.own_segment = self.segments[self.bus_slot]
+        self.counters = WorkerCounters()
+        self.sessions: set[ClientSession] = set()
+        self.node = Node(
+            self.counters, self.slot, self.config.max_subscriptions, self.config.write_buffer_limit,
+            self._session_opened, self._session_closed,
+        )  # fmt: skip
+        self.stopping = False  # refusing new sessions: stopping or draining
+        self.drain: Drain | None = None
+
+    # -- lifecycle --
+
+    async def run(self) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.broker = ShmBroker(
+            loop, self.bus_slot, self.segments, self.bell_socket, self.run_id, self.role,
+            self.node.deliver, self.node.deliveries_done, self.config.history_size, self.config.history_ttl,
+        )  # fmt: skip
+        self.node.broker = self.broker
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGTERM, self._on_drain_signal, False)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
+        routes = WebSocketRoutes(
+            self.slot, self.counters, self._new_session, self._refusing_sessions, lambda: self.stopping,
+            self._server_clients, self.config.echo_path, self.config.max_message_size,
+        )  # fmt: skip
+        self.accept = AcceptGate(
+            loop, self.slot, self.ws_socket, routes, picows_server_kwargs(self.config.max_message_size),
+            self.connection_limit,
+        )  # fmt: skip
+        await self.accept.start()
+        api_factory = make_api_protocol_factory(
+            ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size()
+        )
+        self.api_server = await start_api_server(loop, self.api_socket, api_factory)
+        self.stopped = loop.create_future()
+        self.broker.start()
+        self._write_stats_periodically()
+        role = self.broker.role
+        duty = f"sequencing role {role}" if role is not None else "stand-by until its predecessor exits"
+        log.info(
+            "worker %d serving (pid %d, bus slot %d, %s, up to %d connections)",
+            self.slot, os.getpid(), self.bus_slot, duty, self.connection_limit,
+        )  # fmt: skip
+        await self.stopped
+
+    def _new_session(self) -> ClientSession:
+        return ClientSession(self.node, self.config.max_message_size)
+
+    def _refusing_sessions(self) -> bool:
+        # A hand-over drain still serves handshakes that reached this process: its successor takes
+        # all new connections, and refusing these would fail them.
+        return self.stopping and not (self.drain is not None and self.drain.hand_over)
+
+    def _on_stop_signal(self) -> None:
+        """SIGINT: a quick graceful stop, clients closed with 1001; a second one exits at once."""
+        if self.stopping and self.drain is None:
+            log.warning("worker %d: second stop signal, exiting now", self.slot)
+            os._exit(1)
+        if self.drain is not None:
+            self.drain.finish_now("stop requested")
+            return
+        self.stopping = True
+        log.info("worker %d stopping: closing %d clients with 1001", self.slot, len(self.sessions))
+        self.accept.close()
+        for session in list(self.sessions):
+            session.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        self.loop.create_task(self._finish_stop(self.config.stop_timeout))
+
+    def _on_drain_signal(self, hand_over: bool) -> None:
+        """SIGTERM: drain (stay reachable, refuse new sessions with 503, close clients with 1012
+        spread over the window). SIGUSR1: the same, but stop accepting at once: a new process
+        on this slot's socket takes the new connections (rolling reload). Again: finish now."""
+        if self.drain is not None:
+            self.drain.finish_now("second drain request")
+            return
+        window = self.own_segment.drain_window_s()
+        if window is None:
+            window = self.config.drain_window
+        self.stopping = True
+        if hand_over:
+            self.accept.close()
+        self.drain = Drain(
+            self.loop, self.slot, self.sessions, window, hand_over,
+            lambda: self.loop.create_task(self._finish_stop(2.0)),
+        )  # fmt: skip
+        self._write_stats()
+
+    def _on_take_role_signal(self) -> None:
+        role = self.own_segment.role_to_take()
+        if role is None or self.broker.role is not None:
+            return
+        self.broker.take_role(role)
+        log.info("worker %d took over sequencing role %d", self.slot, role)
+
+    async def _finish_stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.api_server.close()
+        self._write_stats()
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    # -- sessions: the registry behind accept gating and the drain --
+
+    def _session_opened(self, session: ClientSession) -> None:
+        self.sessions.add(session)
+        if self.drain is not None:
+            self.drain.add(session)
+        self.accept.connections_changed(len(self.sessions))
+
+    def _session_closed(self, session: ClientSession) -> None:
+        self.sessions.discard(session)
+        if not self.stopping:
+            self.accept.connections_changed(len(self.sessions))
+
+    def _server_clients(self) -> int:
+        """Clients still connected to the whole server (a front removes a drained node at 0)."""
+        fresh_after = time.monotonic_ns() - 2_000_000_000
+        total = 0
+        for segment in self.segments:
+            stats = segment.read_stats()
+            if stats["heartbeat_ns"] > fresh_after and stats["pid"]:
+                total += stats["connections"]
+        return total
+
+    # -- the stats block: heartbeat and numbers for the supervisor --
+
+    def _write_stats_periodically(self) -> None:
+        try:
+            self._write_stats()
+        finally:
+            self.loop.call_later(STATS_EVERY_S, self._write_stats_periodically)
+
+    def _write_stats(self) -> None:
+        drain, broker, hub, counters = self.drain, self.broker, self.node.hub, self.counters
+        self.own_segment.write_stats(
+            {
+                "pid": os.getpid(),
+                "heartbeat_ns": time.monotonic_ns(),
+                "connections": len(self.sessions),
+                "max_connections": self.connection_limit,
+                "accepting": int(self.accept.accepting),
+                "channels": hub.channel_count,
+                "msgs_in": counters.msgs_in,
+                "msgs_out": hub.deliveries,
+                "overruns": broker.overruns,
+                "lost_bytes": broker.lost_bytes,
+                "gaps": broker.gaps,
+                "slow_disconnects": counters.slow_disconnects,
+                "bus_lag": broker.lag_bytes(),
+                "draining": int(drain is not None),
+                "drain_remaining": len(self.sessions) if drain is not None else 0,
+                "handshakes_refused": counters.handshakes_refused,
+                "bad_entries": broker.bad_entries,
+            }
+        )
+
+
+class ApiPublisher:
+    """The publish API's view of the node: publishes with the API's error type."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    def start_publish(self, channel: str, data_json: bytes) -> int | asyncio.Future:
+        try:
+            return self.node.publish(channel, data_json)
+        except BrokerError as exc:
+            raise PublishError(exc.status, str(exc)) from None
+
+    async def publish(self, channel: str, data_json: bytes) -> int:
+        outcome = self.start_publish(channel, data_json)
+        if isinstance(outcome, int):
+            return outcome
+        try:
+            return await outcome
+        except BrokerError as exc:
+            raise PublishError(exc.status, str(exc)) from None
+
+
+def _stop_when_the_supervisor_dies(supervisor_pid: int) -> None:
+    """A worker must never outlive its supervisor (it would hold the port and serve alone): ask the
+    kernel for SIGINT (a quick stop) when the parent dies, and check it is not already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    except (OSError, AttributeError):  # pragma: no cover - Linux provides prctl
+        pass
+    if os.getppid() != supervisor_pid:
+        sys.exit("wsd worker: the supervisor is gone; exiting")
+
+
+def main() -> int:
+    spec = json.loads(os.environ.pop("WSD_WORKER_SPEC"))
+    _stop_when_the_supervisor_dies(spec["supervisor_pid"])
+    setup_logging(spec["config"]["log_level"], f"worker {spec['slot']}")
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"wsd: worker {spec['slot']}")
+    except ImportError:  # pragma: no cover - setproctitle is a declared dependency
+        pass
+    worker = Worker(spec)
+    uvloop.run(worker.run())
+    return 0
