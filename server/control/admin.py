@@ -1,6 +1,6 @@
 """The supervisor's admin endpoint: a Unix stream socket speaking one JSON object per line.
 
-`wsd ctl` (server/ctl.py) is its client. The supervisor runs a `select` loop, not asyncio, so
+`wsd ctl` (server/control/ctl.py) is its client. The supervisor runs a `select` loop, not asyncio, so
 `AdminServer` never blocks on a read: the supervisor adds `readable_fds()` to its select set and
 calls `handle_readable(fd)` for each ready one.
 

@@ -1,4 +1,4 @@
-"""`wsd ctl`: the command-line client of the supervisor's admin socket (server/admin.py).
+"""`wsd ctl`: the command-line client of the supervisor's admin socket (server/control/admin.py).
 
     wsd ctl [--admin-socket PATH] [--json] COMMAND [ARGS]
 

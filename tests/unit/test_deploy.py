@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wsd.server.config import Config, build_config, load_toml
+from wsd.server.control.config import Config, build_config, load_toml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNIT = DEPLOY / "wsd.service"
@@ -139,7 +139,7 @@ def test_planned_settings_stay_commented_and_name_their_issue():
     _, planned = example_parts()
     assert not [line for line in planned.splitlines() if line and not line.startswith("#")]
     keys = commented_settings(planned)
-    for name in ("ping_interval", "worker_timeout", "slow_reader_timeout", "client_rate", "lame_duck",
+    for name in ("ping_interval", "slow_reader_timeout", "client_rate", "lame_duck",
                  "cluster_timeout", "log_format", "auth.secret_file", "cluster.redis"):  # fmt: skip
         assert name in keys, name
     known = {f.name for f in dataclasses.fields(Config)}

@@ -1,4 +1,4 @@
-"""Unit tests of the sans-I/O RFC 6455 message layer (server/ws_conformance.py), with plain calls."""
+"""Unit tests of the sans-I/O RFC 6455 message layer (server/worker/ws_conformance.py), with plain calls."""
 
 from __future__ import annotations
 
