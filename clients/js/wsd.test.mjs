@@ -1,9 +1,9 @@
 // Unit tests of wsd.js against a scripted fake WebSocket: `node --test clients/js/`.
 // The browser tests (tests/browser/) run the same client against a real wsd in Chromium.
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { mock, test } from "node:test";
 
-import { backoffDelay, connect, DEFAULTS } from "../../server/static/wsd.js";
+import { backoffDelay, connect, DEFAULTS, STOP_CODES, tokenExpiry } from "../../server/static/wsd.js";
 
 /** A WebSocket stand-in: records what the client sends; the test plays the server. */
 class FakeSocket {
@@ -40,11 +40,20 @@ class FakeSocket {
 
 const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** A JWT-shaped token (the client reads `exp`, never the signature). */
+function jwt(payload) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  return `${encode({ alg: "HS256", typ: "JWT" })}.${encode(payload)}.c2lnbmF0dXJl`;
+}
+
+const EVENT_TYPES = ["connecting", "open", "closed", "subscribed", "resumed", "gap", "error", "authenticated",
+  "unauthorized", "forbidden"];
+
 async function newClient(options = {}) {
   FakeSocket.instances = [];
   const events = [];
   const client = connect("ws://wsd.test/ws", { WebSocket: FakeSocket, backoffBase: 1, backoffCap: 2, ...options });
-  for (const type of ["connecting", "open", "closed", "subscribed", "resumed", "gap", "error"]) {
+  for (const type of EVENT_TYPES) {
     client.addEventListener(type, (event) => events.push({ type, ...event.detail }));
   }
   while (FakeSocket.instances.length === 0) await tick(1);
@@ -65,9 +74,25 @@ test("backoff is full jitter below min(cap, base * 2**attempt)", () => {
   assert.equal(DEFAULTS.backoffCap, 20000);
 });
 
-test("token goes in the query string", async () => {
-  const { socket, client } = await newClient({ token: "a b&c" });
-  assert.equal(socket().url, "ws://wsd.test/ws?token=a+b%26c");
+test("the token goes in the auth message, never in the URL, and requests wait for its ok", async () => {
+  const token = jwt({ sub: "user:1", exp: 2e9 });
+  const { socket, client, events } = await newClient({ token });
+  assert.equal(socket().url, "ws://wsd.test/ws");
+  const ready = client.subscribe("news", () => {});
+  const published = client.publish("news", 1);
+  socket().serverOpen();
+  assert.deepEqual(socket().sent, [{ op: "auth", token, id: socket().sent[0].id }]);
+  assert.equal(client.authenticated, false);
+  socket().serverSend({ op: "ok", id: socket().sent[0].id, sub: "user:1", exp: 2e9, ttl: 600 });
+  assert.equal(client.authenticated, true);
+  assert.deepEqual(events.find((e) => e.type === "authenticated"), {
+    type: "authenticated", sub: "user:1", exp: 2e9, ttl: 600, refresh: false,
+  });
+  const sub = socket().lastSent("sub");
+  socket().serverSend({ op: "ok", id: sub.id, off: 0, epoch: 1 });
+  await ready;
+  socket().serverSend({ op: "ok", id: socket().lastSent("pub").id, off: 1 });
+  assert.equal(await published, 1);
   client.close();
 });
 
@@ -231,4 +256,310 @@ test("on() hands the event's detail to a plain callback and can be removed", asy
   assert.deepEqual(seen, [{ reconnect: false }]);
   off();
   client.close();
+});
+
+// ---- tokens, permissions, liveness (timers and Date mocked: time moves only when a test says) ----
+
+const START = Date.UTC(2027, 0, 1);
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A client on mocked timers; `advance(ms)` moves time and lets promises settle. */
+async function mockedClient(t, options = {}) {
+  mock.timers.enable({ apis: ["setTimeout", "Date"], now: START });
+  t.after(() => mock.timers.reset());
+  FakeSocket.instances = [];
+  const events = [];
+  const client = connect("ws://wsd.test/ws", { WebSocket: FakeSocket, backoffBase: 1, backoffCap: 2, ...options });
+  for (const type of EVENT_TYPES) client.addEventListener(type, (event) => events.push({ type, ...event.detail }));
+  const advance = async (ms = 0) => {
+    await flush();
+    mock.timers.tick(ms);
+    await flush();
+  };
+  t.after(() => client.close());
+  await advance(0);
+  return { client, events, advance, socket: () => FakeSocket.instances.at(-1) };
+}
+
+/** The server's side of a successful first auth. */
+function acceptAuth(socket, { sub = "user:1", exp, ttl } = {}) {
+  const auth = socket.lastSent("auth");
+  socket.serverSend({ op: "ok", id: auth.id, sub, exp, ttl });
+  return auth;
+}
+
+test("tokenExpiry reads exp from a JWT payload, and nothing from anything else", () => {
+  assert.equal(tokenExpiry(jwt({ sub: "u", exp: 1700000000 })), 1700000000);
+  assert.equal(tokenExpiry(jwt({ sub: "ü?>~", exp: 1.5 })), 1.5); // UTF-8 and base64url's - and _
+  for (const token of ["", "abc", "a.b.c", jwt({ exp: "soon" }), jwt({ sub: "u" }), jwt([1]), null]) {
+    assert.equal(tokenExpiry(token), undefined, String(token));
+  }
+});
+
+test("getToken is awaited before every connection; a static token serves the first one only", async (t) => {
+  const issued = [];
+  const getToken = async () => {
+    issued.push(jwt({ sub: "user:1", exp: START / 1000 + 3600, n: issued.length }));
+    return issued.at(-1);
+  };
+  const { socket, advance } = await mockedClient(t, { getToken });
+  assert.equal(issued.length, 1, "fetched before the first connection");
+  socket().serverOpen();
+  assert.equal(socket().lastSent("auth").token, issued[0]);
+  acceptAuth(socket());
+  socket().serverClose(1012);
+  await advance(10);
+  assert.equal(issued.length, 2);
+  socket().serverOpen();
+  assert.equal(socket().lastSent("auth").token, issued[1]);
+});
+
+test("with both token and getToken, the first connection uses the token, later ones getToken", async (t) => {
+  let calls = 0;
+  const getToken = async () => `fresh-${++calls}`;
+  const { socket, advance } = await mockedClient(t, { token: "static", getToken });
+  socket().serverOpen();
+  assert.equal(socket().lastSent("auth").token, "static");
+  assert.equal(calls, 0);
+  socket().serverClose(1006);
+  await advance(10);
+  socket().serverOpen();
+  assert.equal(socket().lastSent("auth").token, "fresh-1");
+});
+
+test("the token is refreshed 30 s before the exp read from the JWT, on the open connection", async (t) => {
+  const exp = START / 1000 + 120;
+  let calls = 0;
+  const getToken = async () => jwt({ sub: "user:1", exp: exp + 600 * ++calls });
+  const { socket, events, advance } = await mockedClient(t, { token: jwt({ sub: "user:1", exp }), getToken });
+  socket().serverOpen();
+  acceptAuth(socket()); // an ok without exp or ttl: the client goes by the token's own exp
+  await advance(89_999);
+  assert.equal(calls, 0);
+  assert.equal(socket().sent.filter((m) => m.op === "auth").length, 1);
+  await advance(1);
+  assert.equal(calls, 1);
+  const refresh = socket().lastSent("auth");
+  assert.equal(tokenExpiry(refresh.token), exp + 600);
+  socket().serverSend({ op: "ok", id: refresh.id, sub: "user:1", exp: exp + 600 });
+  assert.deepEqual(events.filter((e) => e.type === "authenticated").map((e) => e.refresh), [false, true]);
+  assert.equal(FakeSocket.instances.length, 1, "refreshing does not reconnect");
+  // The next refresh follows the new token: 30 s before exp + 600.
+  await advance(600_000 - 1);
+  assert.equal(calls, 1);
+  await advance(1);
+  assert.equal(calls, 2);
+});
+
+test("the server's ttl wins over the token's exp (a client clock that is off still refreshes in time)", async (t) => {
+  let calls = 0;
+  const getToken = async () => (++calls, jwt({ sub: "user:1", exp: 1 })); // exp long past by this clock
+  const { socket, advance } = await mockedClient(t, { token: "opaque", getToken });
+  socket().serverOpen();
+  acceptAuth(socket(), { exp: 4102444800, ttl: 60 });
+  await advance(29_999);
+  assert.equal(calls, 0);
+  await advance(1);
+  assert.equal(calls, 1);
+});
+
+test("a refused refresh is an unauthorized event: the connection stays and the refresh is retried", async (t) => {
+  let calls = 0;
+  const getToken = async () => jwt({ sub: "user:1", exp: START / 1000 + 600, n: ++calls });
+  const { client, socket, events, advance } = await mockedClient(t, {
+    token: jwt({ sub: "user:1", exp: START / 1000 + 60 }),
+    getToken,
+  });
+  socket().serverOpen();
+  acceptAuth(socket(), { ttl: 60 });
+  await advance(30_000);
+  assert.equal(calls, 1);
+  const refresh = socket().lastSent("auth");
+  socket().serverSend({ op: "err", id: refresh.id, code: "unauthorized", msg: "the new token is for another user" });
+  const refused = events.filter((e) => e.type === "unauthorized");
+  assert.deepEqual(refused, [
+    { type: "unauthorized", code: "unauthorized", msg: "the new token is for another user", id: refresh.id },
+  ]);
+  assert.equal(client.state, "open");
+  assert.equal(client.authenticated, true);
+  await advance(DEFAULTS.refreshRetry);
+  assert.equal(calls, 2, "retried while the current token still holds");
+});
+
+test("a getToken that fails at refresh time is retried; one that fails at connect time backs off", async (t) => {
+  let fail = true;
+  let calls = 0;
+  const getToken = async () => {
+    calls += 1;
+    if (fail) throw new Error("backend down");
+    return jwt({ sub: "user:1", exp: START / 1000 + 3600 });
+  };
+  const { socket, events, advance } = await mockedClient(t, { getToken });
+  assert.equal(FakeSocket.instances.length, 0, "no socket without a token");
+  assert.deepEqual(events.find((e) => e.type === "error"), {
+    type: "error", code: "token_failed", msg: "getToken() failed: backend down",
+  });
+  assert.deepEqual(events.filter((e) => e.type === "connecting").map((e) => e.attempt), [0, 1]);
+  fail = false;
+  await advance(10);
+  assert.equal(FakeSocket.instances.length, 1);
+  assert.equal(calls, 2);
+  socket().serverOpen();
+  acceptAuth(socket(), { ttl: 3600 });
+  fail = true;
+  await advance(3_570_000);
+  assert.equal(calls, 3);
+  await advance(DEFAULTS.refreshRetry);
+  assert.equal(calls, 4);
+  assert.equal(FakeSocket.instances.length, 1);
+});
+
+test("a getToken that gives no token stops the client as unauthorized", async (t) => {
+  const { client, events } = await mockedClient(t, { getToken: async () => "" });
+  assert.equal(client.state, "stopped");
+  assert.equal(FakeSocket.instances.length, 0);
+  assert.deepEqual(events.filter((e) => e.type === "unauthorized").map((e) => e.msg), ["getToken() gave no token"]);
+  assert.equal(events.at(-1).type, "closed");
+  assert.equal(events.at(-1).reconnect, false);
+});
+
+test("a refused first token is an unauthorized event, then the server's 1008 stops the client", async (t) => {
+  const { client, socket, events, advance } = await mockedClient(t, { token: "bad" });
+  const ready = client.subscribe("news", () => {});
+  socket().serverOpen();
+  const auth = socket().lastSent("auth");
+  socket().serverSend({ op: "err", id: auth.id, code: "unauthorized", msg: "token expired" });
+  assert.equal(socket().lastSent("sub"), undefined, "nothing is sent after a refused token");
+  socket().serverClose(1008);
+  await assert.rejects(ready, { code: "client_closed" });
+  await advance(1000);
+  assert.equal(client.state, "stopped");
+  assert.equal(FakeSocket.instances.length, 1);
+  assert.deepEqual(events.find((e) => e.type === "unauthorized"), {
+    type: "unauthorized", code: "unauthorized", msg: "token expired", id: auth.id,
+  });
+});
+
+test("a server from before tokens (auth is unknown_op) is used without authentication", async () => {
+  const { client, socket } = await newClient({ token: "t" });
+  const ready = client.subscribe("news", () => {});
+  socket().serverOpen();
+  socket().serverSend({ op: "err", id: socket().lastSent("auth").id, code: "unknown_op", msg: "unknown op 'auth'" });
+  socket().serverSend({ op: "ok", id: socket().lastSent("sub").id, off: 3, epoch: 1 });
+  assert.equal((await ready).off, 3);
+  assert.equal(client.authenticated, true);
+  client.close();
+});
+
+test("forbidden sub and pub surface as events, reject their requests and keep the connection", async () => {
+  const { client, socket, events } = await newClient();
+  socket().serverOpen();
+  const ready = client.subscribe("user:2", () => {});
+  const sub = socket().lastSent("sub");
+  socket().serverSend({ op: "err", id: sub.id, code: "forbidden", msg: "not allowed to subscribe to user:2" });
+  await assert.rejects(ready, { code: "forbidden" });
+  const published = client.publish("news", 1);
+  const pub = socket().lastSent("pub");
+  socket().serverSend({ op: "err", id: pub.id, code: "forbidden", msg: "not allowed to publish to news" });
+  await assert.rejects(published, { code: "forbidden" });
+  assert.deepEqual(
+    events.filter((e) => e.type === "forbidden"),
+    [
+      { type: "forbidden", code: "forbidden", msg: "not allowed to subscribe to user:2", id: sub.id, op: "sub", channel: "user:2" },
+      { type: "forbidden", code: "forbidden", msg: "not allowed to publish to news", id: pub.id, op: "pub", channel: "news" },
+    ],
+  );
+  assert.equal(client.state, "open");
+  assert.deepEqual(client.channels, []);
+  client.close();
+});
+
+test("close 4000 (disconnected by the server) stops, like 1008", async () => {
+  assert.deepEqual([...STOP_CODES], [1008, 4000]);
+  const { client, socket, events } = await newClient();
+  socket().serverOpen();
+  socket().serverClose(4000);
+  await tick(10);
+  assert.equal(client.state, "stopped");
+  assert.equal(FakeSocket.instances.length, 1);
+  assert.equal(events.at(-1).reconnect, false);
+});
+
+test("a silent link gets a ping; with no frame within the timeout it is replaced", async (t) => {
+  const { client, socket, events, advance } = await mockedClient(t);
+  socket().serverOpen();
+  const first = socket();
+  await advance(DEFAULTS.pingAfter - 1);
+  assert.equal(first.lastSent("ping"), undefined);
+  await advance(1);
+  const ping = first.lastSent("ping");
+  assert.deepEqual(ping, { op: "ping", id: ping.id });
+  await advance(DEFAULTS.pingTimeout - 1);
+  assert.equal(client.state, "open");
+  await advance(1);
+  const closed = events.find((e) => e.type === "closed");
+  assert.equal(closed.code, 1006);
+  assert.equal(closed.reconnect, true);
+  assert.match(closed.reason, /no frame from the server for 45 s/);
+  assert.equal(first.readyState, 3, "the dead socket was closed");
+  await advance(10);
+  assert.notEqual(socket(), first, "reconnected with the usual backoff");
+  socket().serverOpen();
+  assert.equal(client.state, "open");
+});
+
+test("any frame counts as life: deliveries and ping replies keep the link", async (t) => {
+  const { client, socket, advance } = await mockedClient(t, { pingAfter: 1000, pingTimeout: 500 });
+  client.subscribe("c", () => {});
+  socket().serverOpen();
+  socket().serverSend({ op: "ok", id: socket().lastSent("sub").id, off: 0, epoch: 1 });
+  for (let i = 1; i <= 5; i++) {
+    await advance(900);
+    socket().serverSend({ op: "msg", ch: "c", off: i, data: i });
+  }
+  assert.equal(socket().lastSent("ping"), undefined, "never silent for 1 s");
+  for (let i = 0; i < 5; i++) {
+    await advance(1000);
+    const ping = socket().lastSent("ping");
+    assert.equal(socket().sent.filter((m) => m.op === "ping").length, i + 1);
+    await advance(400);
+    socket().serverSend({ op: "ok", id: ping.id });
+  }
+  assert.equal(FakeSocket.instances.length, 1, "answered pings keep the connection");
+  assert.equal(client.state, "open");
+});
+
+test("timers of a closed connection do nothing: no refresh or ping on a dead socket", async (t) => {
+  let calls = 0;
+  const getToken = async () => (++calls, jwt({ sub: "user:1", exp: START / 1000 + 3600 }));
+  const { client, socket, advance } = await mockedClient(t, { token: jwt({ sub: "u", exp: START / 1000 + 40 }), getToken });
+  socket().serverOpen();
+  acceptAuth(socket(), { ttl: 40 });
+  const first = socket();
+  first.serverClose(1012);
+  const sentBefore = first.sent.length;
+  await advance(60_000);
+  assert.equal(first.sent.length, sentBefore, "nothing more sent on the closed socket");
+  assert.equal(calls, 1, "getToken called once, for the reconnection");
+  client.close();
+  await advance(120_000);
+  assert.equal(calls, 1);
+});
+
+test("a lifetime beyond setTimeout's range does not refresh early", async (t) => {
+  let calls = 0;
+  const exp = START / 1000 + 100 * 86400; // 100 days
+  const getToken = async () => (++calls, jwt({ sub: "u", exp: exp + 1 }));
+  const { socket, advance } = await mockedClient(t, { token: jwt({ sub: "u", exp }), getToken, pingAfter: 0 });
+  socket().serverOpen();
+  acceptAuth(socket());
+  const hour = 3600 * 1000;
+  for (let hours = 1; hours < 100 * 24; hours++) {
+    await advance(hour);
+    assert.equal(calls, 0, `hour ${hours}`);
+  }
+  // Mocked timers run a timer armed inside a tick only at the end of the next tick, so each of the
+  // four re-arms lands up to an hour late here; real timers do not drift.
+  for (let hours = 0; hours < 6; hours++) await advance(hour);
+  assert.equal(calls, 1);
 });

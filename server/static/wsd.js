@@ -4,11 +4,13 @@
  * One plain ES module, no dependencies, no build step (wsd serves it at `/wsd.js`).
  * It speaks the protocol of docs/protocol.md and adds what every app needs on top of it:
  * automatic reconnect with exponential backoff and full jitter, resubscription of every
- * channel with `since` so each message is handed to the app once and in order, and a `gap`
- * event when the server could not replay what was missed.
+ * channel with `since` so each message is handed to the app once and in order, a `gap`
+ * event when the server could not replay what was missed, connection tokens (sent in the first
+ * message, never in the URL, and refreshed before they expire), and a liveness check that
+ * replaces a silent link.
  *
  *     import { connect } from "/wsd.js";
- *     const client = connect("/ws", { token });
+ *     const client = connect("/ws", { getToken: () => fetch("/wsd-token").then((r) => r.text()) });
  *     client.addEventListener("gap", (e) => refetch(e.detail.channel));
  *     await client.subscribe("news", (data, meta) => render(data, meta.off));
  *     const off = await client.publish("news", { title: "hi" });
@@ -16,8 +18,11 @@
  * @module wsd
  */
 
-/** Close codes after which the client does not reconnect (1008: the server's policy refused us). */
-export const STOP_CODES = Object.freeze([1008]);
+/**
+ * Close codes after which the client does not reconnect: 1008 (the server's policy refused us: a bad
+ * token, an expired one, flooding) and 4000 (the server disconnected this client on purpose).
+ */
+export const STOP_CODES = Object.freeze([1008, 4000]);
 
 /** Defaults of the options of {@link connect}. */
 export const DEFAULTS = Object.freeze({
@@ -29,7 +34,37 @@ export const DEFAULTS = Object.freeze({
   stableAfter: 5000,
   /** Publishes queued while disconnected, at most; more are rejected with code `queue_full`. */
   maxQueuedPublishes: 1000,
+  /** ms before the token's expiry at which `getToken()` is called to refresh it. */
+  refreshBefore: 30000,
+  /** ms between attempts when a refresh failed (while the current token is still valid). */
+  refreshRetry: 5000,
+  /** ms without any frame from the server after which a `ping` is sent (the server pings every 25 s). */
+  pingAfter: 35000,
+  /** ms to wait, after that ping, for any frame before the link is given up and replaced. */
+  pingTimeout: 10000,
 });
+
+/** The longest delay setTimeout takes (2^31-1 ms, ~24.8 days); longer ones are re-armed. */
+const MAX_TIMER_DELAY = 2147483647;
+
+/**
+ * The `exp` claim (seconds since the epoch) of a JWT, read without verifying anything (the server
+ * does that); `undefined` when the token is not a JWT with a numeric `exp`.
+ *
+ * @param {string} token
+ * @returns {number | undefined}
+ */
+export function tokenExpiry(token) {
+  try {
+    const payload = String(token).split(".")[1];
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(payload.length / 4) * 4, "=");
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const exp = JSON.parse(new TextDecoder().decode(bytes)).exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * The reconnect delay: "full jitter" exponential backoff, uniform in [0, min(cap, base·2^attempt)).
@@ -70,7 +105,17 @@ export class WsdError extends Error {
  * @param {string} url  `ws://host:port/ws`; relative (`/ws`) and `http(s)://` URLs are resolved
  *   against the page's location.
  * @param {object} [options]
- * @param {string} [options.token]  sent as the `token` query parameter
+ * @param {string} [options.token]  a connection token (JWT), sent in the `auth` message right after
+ *   the socket opens (never in the URL); used for the first connection, and for every one when there
+ *   is no `getToken`
+ * @param {() => (string | Promise<string>)} [options.getToken]  fetches a fresh token: awaited before
+ *   every connection (but the first when `token` is given) and `refreshBefore` ms before the current
+ *   token expires; a rejection counts as a failed connection attempt (retried with backoff), an empty
+ *   result means "not allowed" (the client stops with an `unauthorized` event)
+ * @param {number} [options.refreshBefore]  ms, default 30000
+ * @param {number} [options.refreshRetry]  ms, default 5000
+ * @param {number} [options.pingAfter]  ms of silence before a ping, default 35000
+ * @param {number} [options.pingTimeout]  ms to wait for any frame after the ping, default 10000
  * @param {number} [options.backoffBase]  ms, default 500
  * @param {number} [options.backoffCap]   ms, default 20000
  * @param {number} [options.stableAfter]  ms, default 5000
@@ -112,9 +157,18 @@ export function connect(url, options = {}) {
  *   `reason`: `"history"` (the server no longer has them), `"epoch"` (the server lost the channel's
  *   history, offsets restarted; also anything after `previousOff` in `previousEpoch` is lost),
  *   `"hole"` (a delivery skipped offsets).
- * - `error` `{code, msg, id}` — an `err` reply that belongs to no pending request.
+ * - `authenticated` `{sub, exp, ttl, refresh}` — the server accepted the token (`refresh`: a
+ *   refreshed one on the open connection).
+ * - `unauthorized` `{code, msg, id}` — the server refused a token (the first one: it then closes
+ *   with 1008 and the client stops; a refresh: the connection keeps its current token), or
+ *   `getToken()` gave no token.
+ * - `forbidden` `{code, msg, id, op, channel}` — a `sub` or `pub` was refused for lack of permission
+ *   (the request's promise is rejected too; the connection stays open).
+ * - `error` `{code, msg, id}` — an `err` reply that belongs to no pending request, or `token_failed`
+ *   (`getToken()` threw; `msg` says what).
  *
- * `state` is one of `"connecting"`, `"open"`, `"closed"` (waiting to reconnect), `"stopped"`.
+ * `state` is one of `"connecting"`, `"open"`, `"closed"` (waiting to reconnect), `"stopped"`; while
+ * `"open"`, `authenticated` says whether the server accepted the token (always true without one).
  */
 export class WsdClient extends EventTarget {
   /**
@@ -123,12 +177,23 @@ export class WsdClient extends EventTarget {
    */
   constructor(url, options = {}) {
     super();
-    this.url = buildUrl(url, options.token);
+    this.url = buildUrl(url);
     this.options = { ...DEFAULTS, ...options };
     /** @type {"connecting"|"open"|"closed"|"stopped"} */
     this.state = "connecting";
     /** The server's worker slot serving this connection, when the server reports it. */
     this.worker = undefined;
+    /** Whether the server accepted this connection's token (true without a token once open). */
+    this.authenticated = false;
+    this._token = options.token ?? null;
+    this._getToken = options.getToken ?? null;
+    this._initialTokenUsed = false;
+    this._authenticating = false;
+    this._expiresAt = null;
+    this._refreshTimer = null;
+    this._livenessTimer = null;
+    this._lastReceived = 0;
+    this._pingSentAt = null;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._socket = null;
     this._attempt = 0;
@@ -169,7 +234,7 @@ export class WsdClient extends EventTarget {
     }
     subscription = new Subscription(channel, onMessage);
     this._subscriptions.set(channel, subscription);
-    if (this.state === "open") this._sendSubscribe(subscription);
+    if (this._ready()) this._sendSubscribe(subscription);
     return subscription.ready;
   }
 
@@ -194,7 +259,7 @@ export class WsdClient extends EventTarget {
       subscription.settled = true;
       subscription.reject(new WsdError("unsubscribed", `unsubscribed from ${channel} before the server answered`));
     }
-    if (this.state !== "open") return Promise.resolve();
+    if (!this._ready()) return Promise.resolve();
     return new Promise((resolve) => {
       // A connection that closes meanwhile drops the subscription anyway: resolve either way.
       this._request({ op: "unsub", ch: channel }, { kind: "unsub", resolve, reject: () => resolve() });
@@ -217,7 +282,7 @@ export class WsdClient extends EventTarget {
     return new Promise((resolve, reject) => {
       if (this.state === "stopped") {
         reject(new WsdError("client_closed", "the client is closed; connect() again"));
-      } else if (this.state === "open" && this._resuming === null) {
+      } else if (this._ready() && this._resuming === null) {
         this._sendPublish(channel, data, resolve, reject);
       } else if (this._queue.length >= this.options.maxQueuedPublishes) {
         reject(new WsdError("queue_full", `${this._queue.length} publishes already wait for a connection`));
@@ -237,6 +302,7 @@ export class WsdClient extends EventTarget {
     if (this.state === "stopped") return;
     clearTimeout(this._timer);
     clearTimeout(this._stableTimer);
+    this._clearConnectionTimers();
     const socket = this._socket;
     this._stop();
     if (socket) {
@@ -266,6 +332,11 @@ export class WsdClient extends EventTarget {
     return [...this._subscriptions.keys()];
   }
 
+  /** Open and past authentication: requests may be sent. */
+  _ready() {
+    return this.state === "open" && !this._authenticating;
+  }
+
   // ---- connection life -------------------------------------------------------------------
 
   _schedule(attempt, delay) {
@@ -276,6 +347,33 @@ export class WsdClient extends EventTarget {
 
   _open() {
     this._timer = null;
+    // The first connection may use the `token` option; every other one asks getToken() afresh.
+    const fetchToken = this._getToken !== null && (this._initialTokenUsed || this._token === null);
+    if (!fetchToken) {
+      this._openSocket();
+      return;
+    }
+    Promise.resolve()
+      .then(() => this._getToken())
+      .then(
+        (token) => {
+          if (this.state === "stopped") return;
+          if (!token) {
+            this._stopUnauthorized("getToken() gave no token");
+            return;
+          }
+          this._token = token;
+          this._openSocket();
+        },
+        (error) => {
+          if (this.state === "stopped") return;
+          this._dispatch("error", { code: "token_failed", msg: `getToken() failed: ${error?.message ?? error}` });
+          this._reconnectLater();
+        },
+      );
+  }
+
+  _openSocket() {
     let socket;
     try {
       socket = new this._WebSocket(this.url);
@@ -299,8 +397,55 @@ export class WsdClient extends EventTarget {
     this._stableTimer = setTimeout(() => {
       this._attempt = 0;
     }, this.options.stableAfter);
+    this._lastReceived = Date.now();
+    this._pingSentAt = null;
+    this._armLiveness(socket);
     this._dispatch("open", { reconnect });
     if (socket !== this._socket) return; // a listener closed the client
+    if (this._token === null) {
+      this.authenticated = true;
+      this._startSession(reconnect);
+    } else {
+      this._authenticate(reconnect);
+    }
+  }
+
+  /** The `auth` message goes first; everything else waits for its `ok`. */
+  _authenticate(reconnect) {
+    const token = this._token;
+    this._initialTokenUsed = true;
+    this._authenticating = true;
+    this.authenticated = false;
+    this._request(
+      { op: "auth", token },
+      {
+        kind: "auth",
+        resolve: (reply) => {
+          this._authenticating = false;
+          this.authenticated = true;
+          this._onAuthenticated(reply, token, false);
+          this._startSession(reconnect);
+        },
+        reject: (error) => {
+          this._authenticating = false;
+          if (error.code === "connection_closed" || error.code === "client_closed") return;
+          if (error.code === "unknown_op") {
+            // A server from before connection tokens: it has no auth to pass.
+            this.authenticated = true;
+            this._startSession(reconnect);
+          } else if (error.code === "unauthorized") {
+            this._dispatch("unauthorized", { code: error.code, msg: error.message, id: error.id });
+            // The server closes with 1008 next, and the client stops.
+          } else {
+            this._dispatch("error", { code: error.code, msg: error.message, id: error.id });
+          }
+        },
+      },
+    );
+  }
+
+  /** After the socket opened and the token (if any) was accepted: (re)subscribe, then publish. */
+  _startSession(reconnect) {
     this._resuming = reconnect ? new Map() : null;
     for (const subscription of this._subscriptions.values()) {
       if (reconnect) this._resuming.set(subscription.channel, null);
@@ -310,11 +455,129 @@ export class WsdClient extends EventTarget {
     else this._flushQueue();
   }
 
+  _onAuthenticated(reply, token, refresh) {
+    this._dispatch("authenticated", { sub: reply.sub, exp: reply.exp, ttl: reply.ttl, refresh });
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    // Seconds left by the server's clock when it says (immune to a wrong clock here), else the
+    // token's own exp against this clock.
+    let expiresIn;
+    if (typeof reply.ttl === "number") expiresIn = reply.ttl * 1000;
+    else {
+      const exp = typeof reply.exp === "number" ? reply.exp : tokenExpiry(token);
+      if (exp === undefined) return;
+      expiresIn = exp * 1000 - Date.now();
+    }
+    this._expiresAt = Date.now() + expiresIn;
+    if (this._getToken !== null) this._armRefresh(this._socket, Math.max(0, expiresIn - this.options.refreshBefore));
+  }
+
+  _armRefresh(socket, delay) {
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      if (delay > MAX_TIMER_DELAY) this._armRefresh(socket, delay - MAX_TIMER_DELAY);
+      else this._refresh(socket);
+    }, Math.min(delay, MAX_TIMER_DELAY));
+  }
+
+  /** Send `auth` again with a fresh token on the open connection (the server keeps the sub). */
+  _refresh(socket) {
+    if (socket !== this._socket || this.state !== "open") return;
+    Promise.resolve()
+      .then(() => this._getToken())
+      .then(
+        (token) => {
+          if (socket !== this._socket || this.state !== "open") return;
+          if (!token) {
+            // Nothing to refresh with: the server closes the connection at exp (1008, token expired).
+            this._dispatch("unauthorized", { code: "unauthorized", msg: "getToken() gave no token", id: undefined });
+            return;
+          }
+          this._token = token;
+          this._request(
+            { op: "auth", token },
+            {
+              kind: "auth",
+              resolve: (reply) => this._onAuthenticated(reply, token, true),
+              reject: (error) => {
+                if (error.code === "connection_closed" || error.code === "client_closed") return;
+                const type = error.code === "unauthorized" ? "unauthorized" : "error";
+                this._dispatch(type, { code: error.code, msg: error.message, id: error.id });
+                this._retryRefresh(socket);
+              },
+            },
+          );
+        },
+        (error) => {
+          if (socket !== this._socket || this.state !== "open") return;
+          this._dispatch("error", { code: "token_failed", msg: `getToken() failed: ${error?.message ?? error}` });
+          this._retryRefresh(socket);
+        },
+      );
+  }
+
+  _retryRefresh(socket) {
+    if (this._expiresAt !== null && Date.now() + this.options.refreshRetry < this._expiresAt) {
+      this._armRefresh(socket, this.options.refreshRetry);
+    }
+  }
+
+  // ---- liveness: a link that stays silent gets a ping; no answer, and it is replaced ------
+
+  _armLiveness(socket) {
+    clearTimeout(this._livenessTimer);
+    this._livenessTimer = null;
+    if (!(this.options.pingAfter > 0)) return;
+    const due =
+      this._pingSentAt === null
+        ? this._lastReceived + this.options.pingAfter
+        : this._pingSentAt + this.options.pingTimeout;
+    this._livenessTimer = setTimeout(() => this._checkLiveness(socket), Math.max(0, due - Date.now()));
+  }
+
+  _checkLiveness(socket) {
+    this._livenessTimer = null;
+    if (socket !== this._socket) return;
+    const now = Date.now();
+    if (this._pingSentAt !== null) {
+      if (now - this._pingSentAt >= this.options.pingTimeout) {
+        const silent = Math.round((now - this._lastReceived) / 1000);
+        this._abandon(socket, `no frame from the server for ${silent} s, not even a reply to ping`);
+        return;
+      }
+    } else if (now - this._lastReceived >= this.options.pingAfter) {
+      this._pingSentAt = now;
+      // Any frame proves the link alive, so the reply (ok, or err from an older server) needs no handling.
+      this._request({ op: "ping" }, { kind: "ping", resolve: () => {}, reject: () => {} });
+    }
+    this._armLiveness(socket);
+  }
+
+  /** Give up a dead link at once (its close event may take minutes), then reconnect as after a drop. */
+  _abandon(socket, reason) {
+    this._onClose(socket, { code: 1006, reason, wasClean: false });
+    try {
+      socket.close();
+    } catch {
+      // Closing a dead socket may throw in some implementations; it is detached already.
+    }
+  }
+
+  _clearConnectionTimers() {
+    clearTimeout(this._refreshTimer);
+    clearTimeout(this._livenessTimer);
+    this._refreshTimer = this._livenessTimer = null;
+    this._pingSentAt = null;
+    this._authenticating = false;
+    this.authenticated = false;
+  }
+
   _onClose(socket, event) {
     if (socket !== this._socket) return;
     this._detach(socket);
     this._socket = null;
     clearTimeout(this._stableTimer);
+    this._clearConnectionTimers();
     this._resuming = null;
     for (const subscription of this._subscriptions.values()) subscription.pending = false;
     this._failPending("connection_closed", `the connection closed (code ${event.code}) before the server answered`);
@@ -322,11 +585,20 @@ export class WsdClient extends EventTarget {
     if (!reconnect) this._stop();
     else this.state = "closed";
     this._dispatch("closed", { code: event.code, reason: event.reason, wasClean: event.wasClean, reconnect });
-    if (reconnect) {
-      const delay = backoffDelay(this._attempt, this.options.backoffBase, this.options.backoffCap);
-      this._attempt += 1;
-      this._schedule(this._attempt, delay);
-    }
+    if (reconnect) this._reconnectLater();
+  }
+
+  _reconnectLater() {
+    const delay = backoffDelay(this._attempt, this.options.backoffBase, this.options.backoffCap);
+    this._attempt += 1;
+    this._schedule(this._attempt, delay);
+  }
+
+  _stopUnauthorized(msg) {
+    this._dispatch("unauthorized", { code: "unauthorized", msg, id: undefined });
+    if (this.state === "stopped") return; // a listener closed the client
+    this._stop();
+    this._dispatch("closed", { code: 1008, reason: msg, wasClean: false, reconnect: false });
   }
 
   _detach(socket) {
@@ -336,6 +608,7 @@ export class WsdClient extends EventTarget {
   _stop() {
     this.state = "stopped";
     this._socket = null;
+    this._clearConnectionTimers();
     this._resuming = null;
     this._failPending("client_closed", "the client is closed");
     for (const item of this._queue.splice(0)) item.reject(new WsdError("client_closed", "the client is closed"));
@@ -368,6 +641,7 @@ export class WsdClient extends EventTarget {
     subscription.pending = true;
     this._request(message, {
       kind: "sub",
+      channel: subscription.channel,
       resolve: (reply) => this._onSubscribed(subscription, reply),
       reject: (error) => {
         subscription.pending = false;
@@ -385,7 +659,7 @@ export class WsdClient extends EventTarget {
   }
 
   _sendPublish(channel, data, resolve, reject) {
-    this._request({ op: "pub", ch: channel, data }, { kind: "pub", resolve: (reply) => resolve(reply.off), reject });
+    this._request({ op: "pub", ch: channel, data }, { kind: "pub", channel, resolve: (reply) => resolve(reply.off), reject });
   }
 
   _flushQueue() {
@@ -404,6 +678,8 @@ export class WsdClient extends EventTarget {
   // ---- incoming ---------------------------------------------------------------------------
 
   _onMessage(text) {
+    this._lastReceived = Date.now(); // any frame shows the link is alive
+    this._pingSentAt = null;
     let message;
     try {
       message = JSON.parse(text);
@@ -422,8 +698,16 @@ export class WsdClient extends EventTarget {
         return;
       }
       this._pending.delete(message.id);
-      if (message.op === "ok") request.resolve(message);
-      else request.reject(new WsdError(message.code, message.msg));
+      if (message.op === "ok") {
+        request.resolve(message);
+        return;
+      }
+      const error = new WsdError(message.code, message.msg);
+      error.id = message.id;
+      const detail = { code: message.code, msg: message.msg, id: message.id };
+      if (message.code === "forbidden") this._dispatch("forbidden", { ...detail, op: request.kind, channel: request.channel });
+      else if (message.code === "unauthorized" && request.kind !== "auth") this._dispatch("unauthorized", detail);
+      request.reject(error);
     }
   }
 
@@ -523,11 +807,11 @@ class Subscription {
   }
 }
 
-function buildUrl(url, token) {
+// The token never goes in the URL: URLs end up in access logs, proxies' logs and browser history.
+function buildUrl(url) {
   const base = globalThis.location?.href;
   const resolved = base ? new URL(url, base) : new URL(url);
   if (resolved.protocol === "http:") resolved.protocol = "ws:";
   else if (resolved.protocol === "https:") resolved.protocol = "wss:";
-  if (token !== undefined && token !== null) resolved.searchParams.set("token", token);
   return resolved.toString();
 }
