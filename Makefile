@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run test install lint clean autobahn bench-fanout bench-connections system-deps
+.PHONY: run test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,29 +49,30 @@ lint: install
 autobahn: install
 	$(PY) tests/autobahn/run_fuzzingclient.py --start-server auto
 
+# Benchmarks run as modules from the repository root (`python -m bench.<name>`); what they share with
+# the tests (wsd as a subprocess, the load generator) is in harness/. Each holds the shared benchmark
+# lock so its figures never overlap another measurement on this box.
+
 # Fan-out benchmark: 10,000 subscribers on 2 workers, one publisher; writes bench/results/ (see bench/fanout.py).
 bench-fanout: install
-	$(PY) bench/fanout.py
+	flock /tmp/wsd-bench.lock $(PY) -m bench.fanout
 
 # Connection benchmark: N idle WebSocket clients from Locust (distributed), memory per connection,
-# handshake rate, broadcasts to all N; writes bench/results/ (see bench/connections.py). Holds the
-# shared benchmark lock so its figures never overlap another measurement on this box.
+# handshake rate, broadcasts to all N; writes bench/results/ (see bench/connections.py).
 N ?= 200000
 bench-connections: install
-	flock /tmp/wsd-bench.lock $(PY) bench/connections.py --connections $(N)
+	flock /tmp/wsd-bench.lock $(PY) -m bench.connections --connections $(N)
+
+# Token verifications per second (HS256, ES256, RS256) and the per-request auth checks, one core;
+# writes bench/results/auth-verify-* (see bench/auth_verify.py).
+bench-auth: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.auth_verify
 
 # Fan-out against the peers (bench/peers/): wsd (2 workers), Node ws, socket.io 4 + Redis adapter (2
 # processes), Python websockets; 10,000 subscribers; burst, paced latency, targeted. Installs the peers
-# (npm ci, pip, apt-get redis-server as root), holds the shared benchmark lock, writes bench/results/peers-*.
-# Token verifications per second (HS256, ES256, RS256) and the per-request auth checks, one core;
-# writes bench/results/auth-verify-* (see bench/auth_verify.py).
-.PHONY: bench-auth
-bench-auth: install
-	flock /tmp/wsd-bench.lock $(PY) bench/auth_verify.py
-
-.PHONY: bench-peers
+# (npm ci, pip, apt-get redis-server as root), writes bench/results/peers-*.
 bench-peers: install
-	flock /tmp/wsd-bench.lock $(PY) bench/peers/run.py --setup --tag 2core-10k
+	flock /tmp/wsd-bench.lock $(PY) -m bench.peers.run --setup --tag 2core-10k
 
 clean:
-	rm -rf build dist *.egg-info ext/*.c ext/*.so $(VENV)
+	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so $(VENV)

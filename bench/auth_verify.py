@@ -11,7 +11,9 @@ One process, one core; each figure is operations per CPU-second (the box is shar
 Prints a Markdown table and writes `auth-verify-<tag>.json` and `.md` under `--out`. Hold the bench
 lock while measuring (`make bench-auth` does):
 
-    flock /tmp/wsd-bench.lock .venv/bin/python bench/auth_verify.py
+    flock /tmp/wsd-bench.lock .venv/bin/python -m bench.auth_verify
+
+(from the repository root).
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from bench.measure import RESULTS_DIR, command_line, cpu_model
 from wsd.server.auth.keys import AuthSettings, load_token_key
 from wsd.server.auth.origin import OriginPolicy
 from wsd.server.auth.permissions import AccessPolicy, compile_patterns
 from wsd.server.auth.ratelimit import RateLimiter
 from wsd.server.auth.tokens import Identity, TokenVerifier
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-" + "x" * 40
 NOW = time.time()
 DISTINCT_TOKENS = 1000
@@ -218,22 +220,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.auth_verify", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tag", default="1core")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default bench/results)")
     args = parser.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as directory:
@@ -241,7 +233,7 @@ def main() -> int:
     load_after = [round(x, 2) for x in os.getloadavg()]
     report = {
         "tag": args.tag,
-        "command": " ".join(["bench/auth_verify.py", *sys.argv[1:]]),
+        "command": command_line(),
         "repeats": args.repeats,
         "seconds_per_run": args.seconds,
         "load_average": {"before": load_before, "after": load_after},

@@ -12,7 +12,9 @@ counters; Redis's `INFO commandstats` confirms one EVALSHA per publish):
 Also the publish round-trip time the client reports (median of recent batches). Prints a Markdown
 table and writes ``cluster-publish.json`` under ``--out``. Holds /tmp/wsd-bench.lock while measuring.
 
-    .venv/bin/python bench/cluster_publish.py --messages 20000
+    .venv/bin/python -m bench.cluster_publish --messages 20000
+
+(from the repository root).
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from pathlib import Path
 import redis
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.wsd_process import free_port  # noqa: E402
-from wsd.server.cluster import ClusterClient  # noqa: E402
+from harness.net import free_port
+from wsd.server.cluster import ClusterClient
 
 PAYLOAD = b'{"user":"u123","text":"hello, this is a chat message of moderate size","n":12345}'
 
@@ -103,7 +104,7 @@ async def measure(port: int, messages: int, concurrency: int, batch: int) -> lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster_publish", description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--batch", type=int, default=100)

@@ -10,7 +10,9 @@ Variants:
   picows-tuned     WSListener, wsd.server.worker.ws_conformance.picows_server_kwargs (what wsd serves with)
   conforming       ConformingListener (wsd's base listener: assembler, transport reference)
 
-    .venv/bin/python bench/connection_memory.py --connections 10000
+    .venv/bin/python -m bench.connection_memory --connections 10000
+
+(from the repository root).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import asyncio
 import gc
 import json
 import multiprocessing
-import socket
 import subprocess
 import sys
 import tracemalloc
@@ -31,11 +32,11 @@ import psutil
 import uvloop
 from picows import WSListener, ws_create_server
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-from wsd.server.worker.ws_conformance import ConformingListener, picows_server_kwargs  # noqa: E402
+from harness.net import bound_socket, source_address
+from wsd.server.worker.ws_conformance import ConformingListener, picows_server_kwargs
 
-IP_BIND_ADDRESS_NO_PORT = 24
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONNECTIONS_PER_SOURCE_ADDRESS = 20000
 REQUEST = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -52,10 +53,7 @@ def client_main(port: int, count: int, ready, done) -> None:
 
         async def one(index: int) -> None:
             async with limit:
-                sock = socket.socket()
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((f"127.0.0.{2 + index // 20000}", 0))
-                sock.setblocking(False)
+                sock = bound_socket(source_address(index, CONNECTIONS_PER_SOURCE_ADDRESS))
                 await loop.sock_connect(sock, ("127.0.0.1", port))
                 await loop.sock_sendall(sock, REQUEST)
                 response = b""
@@ -128,7 +126,11 @@ def measure(variant: str, connections: int, trace: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.connection_memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--variants", default="picows-default,picows-tuned,conforming")
     parser.add_argument("--trace", action="store_true", help="also list tracemalloc's top sites (slower)")
@@ -141,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for variant in args.variants.split(","):
         # A fresh process per variant so one variant's freed memory does not pad the next one's.
-        command = [sys.executable, __file__, "--connections", str(args.connections), "--one", variant]
+        command = [sys.executable, "-m", "bench.connection_memory", "--connections", str(args.connections),
+                   "--one", variant]  # fmt: skip
         output = subprocess.run(command + (["--trace"] if args.trace else []), capture_output=True, text=True,
-                                check=True, timeout=600).stdout  # fmt: skip
+                                check=True, timeout=600, cwd=REPO_ROOT).stdout  # fmt: skip
         result = json.loads(output.strip().splitlines()[-1])
         results.append(result)
         traced = f", {result['traced_per_connection']:.0f} B/conn traced" if args.trace else ""

@@ -13,7 +13,9 @@ a broadcast reaches all of them. Server and load generator (Locust) share this m
    kernel's TCP memory (/proc/net/sockstat), and the CPU of wsd and Locust;
 5. prints progress, then a Markdown table, and writes connections-<tag>.json / .md / .png to --out.
 
-    flock /tmp/wsd-bench.lock .venv/bin/python bench/connections.py --connections 200000
+    flock /tmp/wsd-bench.lock .venv/bin/python -m bench.connections --connections 200000
+
+(from the repository root; `make bench-connections N=200000` does the same).
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ from typing import Any
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-from tests.wsd_process import WsdProcess  # noqa: E402  (the repo root is only on the path from here)
+from bench.measure import RESULTS_DIR, command_line, cpu_model
+from harness.wsd_process import WsdProcess
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 LOCUST = Path(sys.executable).parent / "locust"
@@ -219,14 +220,6 @@ def print_progress(sample: dict[str, Any], previous: dict[str, Any] | None) -> N
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import picows
     import uvloop
 
@@ -237,7 +230,7 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         locust_version = None
     return {
-        "cpu": cpu_model,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,
         "kernel": platform.release(),
@@ -455,7 +448,7 @@ def build_report(
             "wsd_flags": args.wsd_flags,
         },
         "machine": machine_info(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(samples[0]["time"])),
         "connections_held": held,
         "server_connections_at_end": server_connections,
@@ -601,7 +594,9 @@ def write_plot(report: dict[str, Any], path: Path) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.connections", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=200_000, help="connections to open and hold (N)")
     # Many connections per User: Locust's own per-User cost (object, greenlet, dispatch) then
     # vanishes next to the connections', which are io-watcher callbacks either way.
@@ -615,7 +610,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broadcast-timeout", type=float, default=60.0)
     parser.add_argument("--wsd-flags", default="", help="extra `wsd serve` flags, e.g. '--ring-size 4194304'")
     parser.add_argument("--progress-every", type=int, default=2, help="print a progress line every N samples")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default bench/results)")
     parser.add_argument("--tag", default="", help="file name tag (default: the connection count)")
     return parser.parse_args(argv)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.wsd_process import WsdProcess
+from harness.wsd_process import WsdProcess
 
 
 @pytest.fixture

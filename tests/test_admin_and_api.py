@@ -12,7 +12,7 @@ import urllib.request
 
 from websockets.asyncio.client import connect
 
-from tests.wsd_process import WSD
+from harness.wsd_process import WSD
 
 
 def _post(wsd, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:

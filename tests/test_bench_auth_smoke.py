@@ -1,4 +1,4 @@
-"""Smoke test of bench/auth_verify.py: a tiny run writes a well-formed report (no timing asserted)."""
+"""Smoke test of `python -m bench.auth_verify`: a tiny run writes a well-formed report (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_auth_benchmark_writes_its_report(tmp_path: Path) -> None:
-    command = [sys.executable, str(REPO_ROOT / "bench" / "auth_verify.py"), "--seconds", "0.02", "--repeats", "1",
+    command = [sys.executable, "-m", "bench.auth_verify", "--seconds", "0.02", "--repeats", "1",
                "--out", str(tmp_path), "--tag", "smoke"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
-    assert result.returncode == 0, f"auth_verify.py failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"bench.auth_verify failed:\n{result.stdout}\n{result.stderr}"
     report = json.loads((tmp_path / "auth-verify-smoke.json").read_text())
     assert (tmp_path / "auth-verify-smoke.md").read_text().startswith("# Token verification and auth checks")
     assert [row["algorithm"] for row in report["results"]["verify"]] == ["HS256", "ES256", "RS256"]

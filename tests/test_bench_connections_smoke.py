@@ -1,4 +1,4 @@
-"""Smoke test of bench/connections.py + bench/locustfile.py: a 2,000-connection run writes a complete report.
+"""Smoke test of `python -m bench.connections` + bench/locustfile.py: a 2,000-connection run writes a complete report.
 
 Checks the harness and the report's shape only; the figures themselves are never asserted.
 """
@@ -26,12 +26,12 @@ if importlib.util.find_spec("locust") is None:
 
 def test_connection_benchmark_holds_every_connection_and_writes_its_report(tmp_path: Path) -> None:
     command = [
-        sys.executable, str(REPO_ROOT / "bench" / "connections.py"), "--connections", str(CONNECTIONS),
+        sys.executable, "-m", "bench.connections", "--connections", str(CONNECTIONS),
         "--workers", "2", "--hold", "2", "--broadcasts", str(BROADCASTS), "--broadcast-timeout", "20",
         "--ramp-timeout", "60", "--out", str(tmp_path), "--tag", "smoke",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=150, cwd=REPO_ROOT)
-    assert result.returncode == 0, f"connections.py failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"bench.connections failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
 
     report = json.loads((tmp_path / "connections-smoke.json").read_text())
     assert (tmp_path / "connections-smoke.md").read_text().startswith("# wsd connection benchmark")

@@ -1,5 +1,6 @@
-"""Smoke test of bench/peers/run.py: wsd and the Node `ws` peer, 200 subscribers, every workload in
-miniature, through the shared load generator; checks the report is complete and well formed. No
+"""Smoke test of `python -m bench.peers.run`: wsd and the Node `ws` peer, 200 subscribers, every
+workload in miniature, through the shared load generator (harness.loadgen) and its Cython listener
+(harness/fastlisten.pyx, built at run time); checks the report is complete and well formed. No
 timing is asserted: the numbers of a run this small mean nothing."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUN = REPO_ROOT / "bench" / "peers" / "run.py"
+NODE_WS = REPO_ROOT / "bench" / "peers" / "node_ws"
 SUBSCRIBERS = 200
 MESSAGES = 20
 
@@ -21,21 +22,21 @@ MESSAGES = 20
 def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: Path) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node/npm not installed: the Node ws peer cannot run (apt-get install nodejs npm)")
-    if not (REPO_ROOT / "bench" / "peers" / "node_ws" / "node_modules").is_dir():
+    if not (NODE_WS / "node_modules").is_dir():
         # The bench's own set-up: npm ci from the lock file.
         setup = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=RUN.parent / "node_ws", capture_output=True, text=True
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_WS, capture_output=True, text=True
         )
         if setup.returncode != 0:
             pytest.skip(f"npm ci for bench/peers/node_ws failed (no registry?): {setup.stderr[-500:]}")
     command = [
-        sys.executable, str(RUN), "--peers", "wsd,node_ws", "--subscribers", str(SUBSCRIBERS),
+        sys.executable, "-m", "bench.peers.run", "--peers", "wsd,node_ws", "--subscribers", str(SUBSCRIBERS),
         "--client-processes", "1", "--messages", str(MESSAGES), "--rounds", "1", "--rates", "5",
         "--paced-seconds", "2", "--targeted-messages", "2", "--targeted-rounds", "1",
         "--out", str(tmp_path), "--tag", "smoke",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
-    assert result.returncode == 0, f"run.py failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"bench.peers.run failed:\n{result.stdout}\n{result.stderr}"
 
     report = json.loads((tmp_path / "peers-smoke.json").read_text())
     markdown = (tmp_path / "peers-smoke.md").read_text()
@@ -46,6 +47,7 @@ def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: P
     for name in ("wsd", "node_ws"):
         result = report["results"][name]
         assert "error" not in result, result.get("error")
+        assert result["load_generator"] == "picows, Cython listener (harness/fastlisten.pyx)"
         assert result["connect"]["subscribers"] == SUBSCRIBERS
         burst = result["burst"]
         assert burst["deliveries"] == burst["expected_deliveries"] == SUBSCRIBERS * MESSAGES

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.wsd_process import free_port
+from harness.net import free_port
 from wsd.server.metrics import ServerSnapshot, ShardState, render
 from wsd.server.metrics_schema import WORKER_FIELDS
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.net import free_port
 from tests.raw_ws import RawWebSocket
-from tests.wsd_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_SOURCES = ("server", "ext", "balancer")

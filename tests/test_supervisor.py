@@ -12,7 +12,8 @@ import time
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.wsd_process import WSD, WsdProcess, free_port
+from harness.net import free_port
+from harness.wsd_process import WSD, WsdProcess
 
 
 def _cmdline(pid: int) -> str:

@@ -1,4 +1,4 @@
-"""Fan-out against the peers: the same workloads, the same load generator (bench/peers/loadgen.py),
+"""Fan-out against the peers: the same workloads, the same load generator (harness.loadgen),
 against wsd (2 workers), Node.js `ws`, socket.io 4 + Redis adapter on 2 processes, and Python
 `websockets` with broadcast(). Each peer is installed by `--setup` (npm ci, pip, apt for Redis),
 started here on free ports, measured, and stopped before the next one starts.
@@ -10,7 +10,9 @@ Workloads, with N subscribers each on the shared channel and on its own `user:<i
   3. targeted: K messages to every user channel (publish_batch of 1000) -> messages/s.
 Writes peers-<tag>.json and peers-<tag>.md (wsd/peer ratios from the same run) under --out.
 
-    .venv/bin/python bench/peers/run.py --setup --tag 2core-10k
+    flock /tmp/wsd-bench.lock .venv/bin/python -m bench.peers.run --setup --tag 2core-10k
+
+(from the repository root; `make bench-peers` does the same).
 """
 
 from __future__ import annotations
@@ -27,30 +29,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from array import array
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil
 
+from bench.measure import RESULTS_DIR, CpuSampler, command_line, machine_info, percentile, spread
+from harness.listener import user_channel
+from harness.loadgen import PHASE_GRACE_SECONDS, LoadGenerator, merge_phase, phase_latencies_us
+from harness.net import free_port
+from harness.publisher import Publisher
+from harness.wsd_process import WsdProcess
+
 PEERS_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PEERS_DIR.parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(PEERS_DIR.parent))
-from fanout import (  # noqa: E402
-    PHASE_GRACE_SECONDS,
-    CpuSampler,
-    Publisher,
-    machine_info,
-    merge_phase,
-    percentile,
-    spread,
-)
-from loadgen import PeerLoadGenerator, user_channel  # noqa: E402
-
-from tests.wsd_process import WsdProcess, free_port  # noqa: E402
-
 ALL_PEERS = ["wsd", "node_ws", "socketio", "websockets"]
 TARGETED_BATCH = 1000  # wsd's publish_batch limit
 WEBSOCKETS_VERSION = "17.4"
@@ -164,11 +156,7 @@ class RunningPeer:
 
     def processes(self) -> dict[str, psutil.Process]:
         if self.wsd is not None:
-            supervisor = psutil.Process(self.wsd.proc.pid)
-            found = {f"supervisor:{supervisor.pid}": supervisor}
-            for worker in self.wsd.status()["workers"]:
-                found[f"worker:{worker['pid']}"] = psutil.Process(worker["pid"])
-            return found
+            return self.wsd.processes()
         return {f"{Path(p.args[0]).name}:{p.pid}": psutil.Process(p.pid) for p in self.children}
 
     def stop(self) -> None:
@@ -202,23 +190,17 @@ def _redis_version() -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def collect(load: PeerLoadGenerator, timeout: float) -> list[dict]:
-    return [load.reply(index, timeout) for index in range(len(load.pipes))]
-
-
-def run_burst(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, cpu: CpuSampler) -> dict:
+def run_burst(args: argparse.Namespace, load: LoadGenerator, publisher: Publisher, cpu: CpuSampler) -> dict:
     # The load generator's own CPU shows which side was the bottleneck (they share the cores).
     client_cpu = CpuSampler({f"client:{p.pid}": psutil.Process(p.pid) for p in load.processes})
     rounds = []
     for _ in range(args.rounds):
-        load.request(
-            "arm", {"expected_per_connection": args.messages, "record_latency": False, "timeout": PHASE_GRACE_SECONDS}
-        )
+        load.arm(expected_per_connection=args.messages, record_latency=False, timeout=PHASE_GRACE_SECONDS)
         cpu.start()
         client_cpu.start()
         started_ns = time.time_ns()
         offsets = publisher.publish_burst(args.messages)
-        reports = collect(load, PHASE_GRACE_SECONDS + 30)
+        reports = load.collect(PHASE_GRACE_SECONDS + 30)
         busy = cpu.stop()
         client_busy = client_cpu.stop()
         check = merge_phase(reports, args.messages, offsets[0])
@@ -248,14 +230,11 @@ def run_burst(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publ
 
 
 def run_paced(
-    args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, rate: float, cpu: CpuSampler
+    args: argparse.Namespace, load: LoadGenerator, publisher: Publisher, rate: float, cpu: CpuSampler
 ) -> dict:
     count = max(1, round(rate * args.paced_seconds))
     client_cpu = CpuSampler({f"client:{p.pid}": psutil.Process(p.pid) for p in load.processes})
-    load.request(
-        "arm",
-        {"expected_per_connection": count, "record_latency": True, "timeout": args.paced_seconds + PHASE_GRACE_SECONDS},
-    )
+    load.arm(expected_per_connection=count, record_latency=True, timeout=args.paced_seconds + PHASE_GRACE_SECONDS)
     cpu.start()
     client_cpu.start()
     started = time.monotonic()
@@ -263,17 +242,12 @@ def run_paced(
     for seq in range(count):
         time.sleep(max(0.0, started + seq / rate - time.monotonic()))
         offsets.append(publisher.publish_one(seq))
-    reports = collect(load, args.paced_seconds + PHASE_GRACE_SECONDS + 30)
+    reports = load.collect(args.paced_seconds + PHASE_GRACE_SECONDS + 30)
     server_seconds = sum(p["cpu_seconds"] for p in cpu.stop().values())
     client_seconds = sum(p["cpu_seconds"] for p in client_cpu.stop().values())
     check = merge_phase(reports, count, offsets[0])
     check.pop("last_receive_ns")
-    latencies: list[int] = []
-    for report in reports:
-        samples = array("q")
-        samples.frombytes(report["latencies_us"])
-        latencies.extend(samples)
-    latencies.sort()
+    latencies = phase_latencies_us(reports)
     return {
         "rate": rate,
         "seconds": args.paced_seconds,
@@ -291,17 +265,10 @@ def run_paced(
     }
 
 
-def run_targeted(args: argparse.Namespace, load: PeerLoadGenerator, publisher: Publisher, cpu: CpuSampler) -> dict:
+def run_targeted(args: argparse.Namespace, load: LoadGenerator, publisher: Publisher, cpu: CpuSampler) -> dict:
     rounds = []
     for _ in range(args.targeted_rounds):
-        load.request(
-            "arm",
-            {
-                "expected_per_connection": args.targeted_messages,
-                "record_latency": False,
-                "timeout": PHASE_GRACE_SECONDS,
-            },
-        )
+        load.arm(expected_per_connection=args.targeted_messages, record_latency=False, timeout=PHASE_GRACE_SECONDS)
         cpu.start()
         started_ns = time.time_ns()
         items = [
@@ -311,7 +278,7 @@ def run_targeted(args: argparse.Namespace, load: PeerLoadGenerator, publisher: P
         ]
         for first in range(0, len(items), TARGETED_BATCH):
             publisher.post("/api/publish_batch", orjson.dumps(items[first : first + TARGETED_BATCH]))
-        reports = collect(load, PHASE_GRACE_SECONDS + 30)
+        reports = load.collect(PHASE_GRACE_SECONDS + 30)
         busy = cpu.stop()
         check = merge_phase(reports, args.targeted_messages, None)  # each user channel has its own offsets
         elapsed = (check.pop("last_receive_ns") - started_ns) / 1e9
@@ -342,11 +309,14 @@ def _totals(rounds: list[dict]) -> dict[str, int]:
 def run_peer(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """Start one peer, run every workload against it, stop it."""
     peer = RunningPeer(name, Path(tempfile.mkdtemp(prefix=f"wsd-peers-{name}-")))
-    load: PeerLoadGenerator | None = None
+    load: LoadGenerator | None = None
     try:
         peer.start(args.workers)
         print(f"{name}: started ({peer.version}); connecting {args.subscribers:,}", file=sys.stderr)
-        load = PeerLoadGenerator(peer.urls, peer.socketio, args.client_processes, args.subscribers)
+        load = LoadGenerator(
+            peer.urls, args.client_processes, args.subscribers, socketio=peer.socketio, user_channels=True,
+            fast=args.listener == "cython",
+        )  # fmt: skip
         connect = load.connect_all()
         cpu = CpuSampler(peer.processes())
         publisher = Publisher(peer.api_port, args.payload_bytes)
@@ -357,10 +327,9 @@ def run_peer(args: argparse.Namespace, name: str) -> dict[str, Any]:
         targeted = run_targeted(args, load, publisher, cpu)
         print(f"{name}: targeted {targeted['messages_per_second']['median']:,.0f} messages/s", file=sys.stderr)
         rss = {key: p.memory_info().rss for key, p in peer.processes().items()}
-        listener = "Cython listener (fastlisten.pyx)" if load.fast else "Python listener"
         return {
             "version": peer.version,
-            "load_generator": f"picows, {listener}",
+            "load_generator": f"picows, {load.listener_name}",
             "connect": connect,
             "burst": burst,
             "paced": paced,
@@ -497,7 +466,7 @@ def write_plot(report: dict[str, Any], path: Path) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.peers.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma-separated (default {','.join(ALL_PEERS)})")
     parser.add_argument("--setup", action="store_true", help="install the peers first (npm ci, pip, apt)")
     parser.add_argument("--subscribers", type=int, default=10000)
@@ -510,7 +479,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--targeted-messages", type=int, default=5, help="per subscriber per round (default 5)")
     parser.add_argument("--targeted-rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument(
+        "--listener", choices=("cython", "python"), default="cython",
+        help="the load generator's listener: harness/fastlisten.pyx (default) or its Python reference",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default bench/results)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -529,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "peers-fanout",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {**machine_info(), "hostname": socket.gethostname()},
         "results": {},

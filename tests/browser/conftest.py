@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.wsd_process import WsdProcess
 from tests.browser.chromium import BrowserPage, Chromium, find_chromium
-from tests.wsd_process import WsdProcess
 
 HARNESS_JS = (Path(__file__).parent / "harness.js").read_text()
 

@@ -11,9 +11,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from harness.wsd_process import WsdProcess
 from tests.browser.chromium import BrowserPage, Chromium
 from tests.browser.conftest import open_client_page
-from tests.wsd_process import WsdProcess
 
 # Short backoff so reconnects happen within a test's patience (the defaults are 0.5 s → 20 s).
 FAST_BACKOFF = {"backoffBase": 100, "backoffCap": 1000}

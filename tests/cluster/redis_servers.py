@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from tests.wsd_process import free_port
+from harness.net import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")

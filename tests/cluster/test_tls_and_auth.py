@@ -12,9 +12,9 @@ import time
 import pytest
 import redis
 
+from harness.net import free_port
 from tests.cluster.conftest import run
 from tests.cluster.redis_servers import MISSING, REDIS_SERVER
-from tests.wsd_process import free_port
 from wsd.server.cluster import ClusterClient, ClusterUnavailable
 
 PASSWORD = "pa:ss@w0rd"

@@ -1,12 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The load generator's per-connection listener in Cython: the same bookkeeping as
-loadgen.PeerListener (count, per-channel offset order, publish-to-receive latency), with the
-deliveries parsed in C.
+harness.listener.SubscriberListener (count, per-channel offset order, publish-to-receive latency),
+with the deliveries parsed in C.
 
 Why: the load generator shares the cores with the server it measures; in Python its per-frame
 callback cost ~4 µs of CPU (py-spy: 89% of the client process in on_ws_frame), which capped every
-peer's burst figure and added to every latency. Built by loadgen.build_fast_listener() with cythonize;
-loadgen falls back to the Python listener when it cannot be built.
+burst figure and added to every latency. Built in place at run time by
+harness.fastlisten_build.build_fast_listener() (cythonize); the load generator falls back to the
+Python listener when it cannot be built.
+
+It tracks the offsets of two channels per connection: the shared one (harness.listener.SHARED_CHANNEL)
+and the connection's own user channel.
 """
 
 from libc.stdint cimport int64_t
@@ -20,7 +24,7 @@ cdef const char* PREFIX_SOCKETIO = b'42["msg",'
 cdef const char* CHANNEL_KEY = b'"ch":"'
 cdef const char* OFFSET_KEY = b'","off":'
 cdef const char* STAMP_KEY = b'"t":'
-cdef const char* SHARED = b"bench"
+cdef const char* SHARED = b"bench"  # harness.listener.SHARED_CHANNEL
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -49,7 +53,7 @@ cdef inline int64_t parse_int(const char* p, Py_ssize_t* at, Py_ssize_t end) noe
 
 
 cdef class FastRecorder:
-    """What one client process counts during a phase (fanout.PhaseRecorder's fields, C-typed)."""
+    """What one client process counts during a phase (harness.listener.PhaseRecorder's fields, C-typed)."""
 
     cdef public int64_t connections, expected_per_connection, received, complete_connections
     cdef public int64_t out_of_order, first_receive_ns, last_receive_ns

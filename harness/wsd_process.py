@@ -1,24 +1,22 @@
-"""Run `wsd serve` as a subprocess on free ports and talk to it the way users and scripts do."""
+"""Run `wsd serve` as a subprocess on free ports and talk to it the way users and scripts do:
+`wsd ctl`, `ctl --json status`, the publish API, `/healthz`, the log."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
+from harness.net import free_port
+
 WSD = [sys.executable, "-m", "wsd.server"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WsdProcess:
@@ -102,6 +100,14 @@ class WsdProcess:
     def worker_pids(self) -> list[int]:
         return [w["pid"] for w in self.status()["workers"]]
 
+    def processes(self) -> dict[str, psutil.Process]:
+        """The supervisor and each worker, named by role and pid (`supervisor:123`, `worker:124`)."""
+        supervisor = psutil.Process(self.proc.pid)
+        found = {f"supervisor:{supervisor.pid}": supervisor}
+        for pid in self.worker_pids():
+            found[f"worker:{pid}"] = psutil.Process(pid)
+        return found
+
     def read_log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-6000:]
@@ -130,8 +136,6 @@ class WsdProcess:
 
 
 def _children(pid: int) -> list[int]:
-    import psutil
-
     try:
         return [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:

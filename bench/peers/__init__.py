@@ -1,0 +1,1 @@
+"""Fan-out against the peers (Node ws, socket.io, Python websockets): `python -m bench.peers.run`."""

@@ -1,0 +1,374 @@
+"""The load generator of the fan-out benchmarks: K client processes (picows on uvloop, one
+callback-driven listener per connection, no Task per connection), driven in lock-step by the
+coordinator over pipes.
+
+Connections are spread over loopback source addresses (harness.net) and over the server's URLs
+(a peer with several processes); each subscribes to the shared channel and, when asked, to its own
+user channel. A phase is armed in every process, the coordinator publishes, and each process
+reports when all its connections have their messages (or at the timeout); `merge_phase` combines
+the reports and checks every delivery arrived, in order.
+
+    load = LoadGenerator([wsd.url], processes=2, subscribers=10_000)
+    connect = load.connect_all()
+    load.arm(expected_per_connection=100, record_latency=False, timeout=PHASE_GRACE_SECONDS)
+    ...publish 100 messages to SHARED_CHANNEL...
+    check = merge_phase(load.collect(PHASE_GRACE_SECONDS + 30), 100, first_offset)
+    load.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+from picows import WSMsgType, ws_connect
+
+from harness.fastlisten_build import build_fast_listener
+from harness.listener import (
+    SHARED_CHANNEL,
+    PhaseRecorder,
+    SubscriberListener,
+    handle_control_frame,
+    subscribe_request,
+    user_channel,
+)
+from harness.net import bound_socket, source_addresses
+
+# One source address has ~28,000 ephemeral ports towards one destination; staying well under that
+# leaves room for TIME_WAIT sockets of earlier runs.
+CONNECTIONS_PER_SOURCE_ADDRESS = 5000
+
+# Handshakes in flight per load-generator process; more only deepens the server's accept backlog.
+CONNECT_CONCURRENCY = 200
+
+# A subscriber's frames are ~100-200 bytes; picows grows the buffer when a burst arrives in one read.
+READ_BUFFER_INIT_SIZE = 2048
+
+# How long a phase may take past its expected end before the load generator reports what it has.
+PHASE_GRACE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What every client process is told at start (it crosses the process boundary, so plain data)."""
+
+    urls: list[str]  # connection i goes to urls[i % len(urls)]
+    socketio: bool  # socket.io framing instead of wsd's JSON protocol
+    user_channels: bool  # each connection also subscribes to user_channel(i)
+    source_addresses: list[str]  # connection i binds source_addresses[i // CONNECTIONS_PER_SOURCE_ADDRESS]
+    fast: bool  # the Cython listener (harness/fastlisten.pyx), else the Python one
+
+
+# --------------------------------------------------------------------------------------------------
+# Client side: runs in each of the K processes.
+# --------------------------------------------------------------------------------------------------
+
+
+class ClientProcess:
+    """The event-loop side of one load-generator process; commands arrive over a pipe."""
+
+    def __init__(
+        self,
+        commands: multiprocessing.connection.Connection,
+        replies: multiprocessing.connection.Connection,
+        plan: ClientPlan,
+    ):
+        # Two one-way pipes: the loop makes the descriptor it watches non-blocking, and a large reply
+        # written to a non-blocking pipe fails half-way; replies go out on a pipe the loop never sees.
+        self.commands = commands
+        self.replies = replies
+        self.plan = plan
+        if plan.fast:
+            from harness.fastlisten import FastListener, FastRecorder
+
+            self.recorder: Any = FastRecorder()
+            self.new_listener = lambda: FastListener(self.recorder, plan.socketio, handle_control_frame)
+        else:
+            self.recorder = PhaseRecorder()
+            self.new_listener = lambda: SubscriberListener(self.recorder, plan.socketio)
+        self.listeners: list[tuple[int, SubscriberListener]] = []  # (index over all processes, listener)
+        self.finished = asyncio.Event()
+        self.phase_deadline: asyncio.TimerHandle | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.commands.fileno(), self.on_command)
+        self.replies.send({"ready": os.getpid()})
+        await self.finished.wait()
+        loop.remove_reader(self.commands.fileno())
+
+    def on_command(self) -> None:
+        command, args = self.commands.recv()
+        if command == "connect":
+            asyncio.ensure_future(self.connect(**args))
+        elif command == "subscribe":
+            asyncio.ensure_future(self.subscribe())
+        elif command == "arm":
+            self.arm(**args)
+        elif command == "close":
+            for _index, listener in self.listeners:
+                if listener.transport is not None:
+                    listener.transport.disconnect()
+            self.finished.set()
+
+    async def connect(self, count: int, first_index: int) -> None:
+        started = time.monotonic()
+        workers: Counter[str] = Counter()
+        failures: Counter[str] = Counter()
+        next_index = iter(range(first_index, first_index + count))
+        plan = self.plan
+
+        async def connector() -> None:
+            for index in next_index:
+                source = plan.source_addresses[index // CONNECTIONS_PER_SOURCE_ADDRESS]
+                url = plan.urls[index % len(plan.urls)]  # several server processes: spread evenly
+                try:
+                    transport, listener = await ws_connect(
+                        self.new_listener,
+                        url,
+                        socket_factory=lambda _url, source=source: bound_socket(source),
+                        read_buffer_init_size=READ_BUFFER_INIT_SIZE,
+                        use_aiofastnet=False,
+                        websocket_handshake_timeout=30,
+                    )
+                    if listener.connected is not None:
+                        await asyncio.wait_for(listener.connected, 30)
+                except (TimeoutError, OSError, RuntimeError) as exc:
+                    failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                    continue
+                # wsd names the worker that took the connection; other servers do not ("?").
+                workers[transport.response.headers.get("X-Wsd-Worker", "?")] += 1
+                self.listeners.append((index, listener))
+
+        await asyncio.gather(*(connector() for _ in range(min(CONNECT_CONCURRENCY, count))))
+        self.recorder.connections = len(self.listeners)
+        self.replies.send(
+            {
+                "connected": len(self.listeners),
+                "failed": sum(failures.values()),
+                "failures": dict(failures.most_common(5)),
+                "seconds": time.monotonic() - started,
+                "workers": dict(workers),
+            }
+        )
+
+    async def subscribe(self) -> None:
+        """Subscribe every connection to the shared channel (and to its own user channel)."""
+        started = time.monotonic()
+        socketio = self.plan.socketio
+        shared = subscribe_request(SHARED_CHANNEL, socketio)
+        expected_acks = 2 if self.plan.user_channels else 1
+        for index, listener in self.listeners:
+            listener.transport.send(WSMsgType.TEXT, shared)
+            if self.plan.user_channels:
+                listener.transport.send(WSMsgType.TEXT, subscribe_request(user_channel(index), socketio))
+        deadline = started + PHASE_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            if all(listener.acks >= expected_acks or listener.error for _index, listener in self.listeners):
+                break
+            await asyncio.sleep(0.05)
+        errors = Counter(listener.error for _index, listener in self.listeners if listener.error)
+        self.replies.send(
+            {
+                "subscribed": sum(listener.acks >= expected_acks for _index, listener in self.listeners),
+                "errors": dict(errors.most_common(5)),
+                "seconds": time.monotonic() - started,
+            }
+        )
+
+    def arm(self, expected_per_connection: int, record_latency: bool, timeout: float) -> None:
+        """Start counting a phase; report when every connection has its messages, or at `timeout`."""
+        for _index, listener in self.listeners:
+            listener.count = 0
+        self.recorder.reset(expected_per_connection, record_latency)
+        self.recorder.on_complete = self.report_phase
+        self.phase_deadline = asyncio.get_running_loop().call_later(timeout, self.report_phase)
+        self.replies.send({"armed": True})
+
+    def report_phase(self) -> None:
+        recorder = self.recorder
+        recorder.on_complete = None
+        if self.phase_deadline is not None:
+            self.phase_deadline.cancel()
+            self.phase_deadline = None
+        counts = Counter(listener.count for _index, listener in self.listeners)
+        self.replies.send(
+            {
+                "connections": recorder.connections,
+                "received": recorder.received,
+                "complete_connections": recorder.complete_connections,
+                "count_histogram": dict(counts.most_common(5)),
+                "out_of_order": recorder.out_of_order,
+                "first_offsets": dict(recorder.first_offsets.most_common(5)),
+                "first_receive_ns": recorder.first_receive_ns,
+                "last_receive_ns": recorder.last_receive_ns,
+                "disconnected": sum(listener.error is not None for _index, listener in self.listeners),
+                "latencies_us": recorder.latencies_us.tobytes(),
+            }
+        )
+
+
+def client_process_main(
+    commands: multiprocessing.connection.Connection,
+    replies: multiprocessing.connection.Connection,
+    plan: ClientPlan,
+) -> None:
+    """Entry point of one load-generator process."""
+    uvloop.run(ClientProcess(commands, replies, plan).run())
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinator side: the benchmark's own process.
+# --------------------------------------------------------------------------------------------------
+
+
+class LoadGenerator:
+    """The K client processes, driven in lock-step over their pipes."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        processes: int,
+        subscribers: int,
+        socketio: bool = False,
+        user_channels: bool = False,
+        fast: bool = True,
+    ):
+        self.subscribers = subscribers
+        # The Cython listener is built here, once, before the processes start and import it.
+        self.fast = fast and build_fast_listener()
+        self.per_process = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
+        plan = ClientPlan(
+            urls=list(urls),
+            socketio=socketio,
+            user_channels=user_channels,
+            source_addresses=source_addresses(subscribers, CONNECTIONS_PER_SOURCE_ADDRESS),
+            fast=self.fast,
+        )
+        context = multiprocessing.get_context("spawn")
+        self.command_pipes: list[multiprocessing.connection.Connection] = []
+        self.pipes: list[multiprocessing.connection.Connection] = []
+        self.processes: list[multiprocessing.Process] = []
+        for _ in range(processes):
+            command_reader, command_writer = context.Pipe(duplex=False)
+            reply_reader, reply_writer = context.Pipe(duplex=False)
+            process = context.Process(target=client_process_main, args=(command_reader, reply_writer, plan))
+            process.start()
+            self.command_pipes.append(command_writer)
+            self.pipes.append(reply_reader)
+            self.processes.append(process)
+        # Wait until every process has imported and runs its loop, so start-up is not timed as connecting.
+        for index in range(processes):
+            self.reply(index, timeout=60)
+
+    @property
+    def listener_name(self) -> str:
+        return "Cython listener (harness/fastlisten.pyx)" if self.fast else "Python listener"
+
+    def request(self, command: str, args: list[dict] | dict | None = None, timeout: float = 300) -> list[dict]:
+        """Send `command` to every process (per-process args if a list) and collect their replies."""
+        for index, pipe in enumerate(self.command_pipes):
+            pipe.send((command, args[index] if isinstance(args, list) else (args or {})))
+        return self.collect(timeout)
+
+    def reply(self, index: int, timeout: float) -> dict:
+        if not self.pipes[index].poll(timeout):
+            raise TimeoutError(f"load-generator process {index} did not answer within {timeout}s")
+        return self.pipes[index].recv()
+
+    def collect(self, timeout: float) -> list[dict]:
+        """One reply from every process (a phase report after `arm`)."""
+        return [self.reply(index, timeout) for index in range(len(self.pipes))]
+
+    def arm(self, expected_per_connection: int, record_latency: bool, timeout: float) -> None:
+        """Start a phase in every process; its reports come from `collect` once the messages are in."""
+        self.request(
+            "arm",
+            {"expected_per_connection": expected_per_connection, "record_latency": record_latency, "timeout": timeout},
+        )
+
+    def connect_all(self) -> dict[str, Any]:
+        """Connect every subscriber (every process at once, so the server sees the combined handshake
+        rate) and subscribe it; raises if any connection or subscription failed."""
+        first_indexes = [sum(self.per_process[:i]) for i in range(len(self.per_process))]
+        started = time.monotonic()
+        replies = self.request(
+            "connect", [{"count": n, "first_index": f} for n, f in zip(self.per_process, first_indexes, strict=True)]
+        )
+        connect_seconds = time.monotonic() - started
+        connected = sum(r["connected"] for r in replies)
+        if connected < self.subscribers:
+            failures = [r["failures"] for r in replies if r["failed"]]
+            raise RuntimeError(f"only {connected} of {self.subscribers} subscribers connected: {failures}")
+        per_worker: Counter[str] = Counter()
+        for reply in replies:
+            per_worker.update(reply["workers"])
+        started = time.monotonic()
+        sub_replies = self.request("subscribe")
+        subscribed = sum(r["subscribed"] for r in sub_replies)
+        if subscribed < connected:
+            raise RuntimeError(
+                f"only {subscribed} of {connected} subscribers got their oks: {[r['errors'] for r in sub_replies]}"
+            )
+        return {
+            "subscribers": connected,
+            "connect_seconds": connect_seconds,
+            "connects_per_second": connected / connect_seconds,
+            "per_worker": dict(per_worker),
+            "subscribe_seconds": time.monotonic() - started,
+        }
+
+    def close(self) -> None:
+        for pipe in self.command_pipes:
+            try:
+                pipe.send(("close", {}))
+            except OSError:
+                pass
+        for process in self.processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+
+
+def merge_phase(reports: list[dict], expected_per_connection: int, first_offset: int | None) -> dict[str, Any]:
+    """Combine the client processes' phase reports and check every delivery arrived, in order.
+
+    `first_offset` is the offset every connection's first message must carry (None: not checked,
+    e.g. when each connection's own channel has its own offsets)."""
+    connections = sum(r["connections"] for r in reports)
+    received = sum(r["received"] for r in reports)
+    first_offsets: Counter[int] = Counter()
+    for report in reports:
+        first_offsets.update({int(k): v for k, v in report["first_offsets"].items()})
+    wrong_start = sum(v for k, v in first_offsets.items() if first_offset is not None and k != first_offset)
+    expected = connections * expected_per_connection
+    return {
+        "expected_deliveries": expected,
+        "deliveries": received,
+        "missing": max(0, expected - received),
+        "extra": max(0, received - expected),
+        "incomplete_connections": connections - sum(r["complete_connections"] for r in reports),
+        "out_of_order": sum(r["out_of_order"] for r in reports),
+        "wrong_first_offset": wrong_start,
+        "disconnected": sum(r["disconnected"] for r in reports),
+        "last_receive_ns": max(r["last_receive_ns"] for r in reports),
+    }
+
+
+def phase_latencies_us(reports: list[dict]) -> list[int]:
+    """Every publish-to-receive latency of a phase armed with record_latency, in µs, sorted."""
+    latencies: list[int] = []
+    for report in reports:
+        samples = array("q")
+        samples.frombytes(report["latencies_us"])
+        latencies.extend(samples)
+    latencies.sort()
+    return latencies
