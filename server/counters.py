@@ -35,8 +35,8 @@ WORKER_STATS: tuple[Stat, ...] = (
     Stat("bus_lag", "bytes of ring this worker has not read yet"),
     Stat("draining", "1 while the worker drains"),
     Stat("drain_remaining", "clients still connected to a draining worker", total=True),
-    Stat("handshakes_refused", "handshakes answered 503 (draining)", counter=True, total=True),
-    Stat("bad_entries", "ring entries that could not be handled, skipped and counted", counter=True, total=True),
+    Stat("handshakes_refused", "handshakes answered 503 (draining, or full)", counter=True, total=True),
+    Stat("bad_entries", "ring entries skipped as unreadable", counter=True, total=True),
 )
 
 STAT_NAMES: tuple[str, ...] = tuple(stat.name for stat in WORKER_STATS)

@@ -2,6 +2,7 @@
 
 Clients send JSON objects on `/ws`:
   {"op":"sub","ch":NAME,"id":N}   {"op":"unsub","ch":NAME,"id":N}   {"op":"pub","ch":NAME,"data":ANY,"id":N}
+  {"op":"ping","id":N}
 and get `{"op":"ok","id":N,...}`, `{"op":"err","id":N,"code":C,"msg":TEXT}` and deliveries
 `{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in wsd.ext.frames). See docs/protocol.md.
 """
@@ -47,6 +48,13 @@ class Publish:
 
 
 @dataclass(slots=True, frozen=True)
+class Ping:
+    """The client checks the link is alive (browsers cannot see WebSocket pings): answered `ok`."""
+
+    id: Any
+
+
+@dataclass(slots=True, frozen=True)
 class ErrorReply:
     id: Any
     code: str
@@ -56,7 +64,8 @@ class ErrorReply:
         return err_reply(self.id, self.code, self.msg)
 
 
-Request = Subscribe | Unsubscribe | Publish
+Request = Subscribe | Unsubscribe | Publish | Ping
+OPS = ("sub", "unsub", "pub", "ping")
 
 
 def _usable_id(value: Any) -> Any:
@@ -88,10 +97,12 @@ def parse_request(text: bytes) -> Request | ErrorReply:
         return ErrorReply(None, BAD_REQUEST, f"message must be a JSON object, got {type(obj).__name__}")
     request_id = _usable_id(obj.get("id"))
     op = obj.get("op")
-    if op not in ("sub", "unsub", "pub"):
+    if op not in OPS:
         if op is None:
-            return ErrorReply(request_id, BAD_REQUEST, 'missing field "op" (one of sub, unsub, pub)')
-        return ErrorReply(request_id, UNKNOWN_OP, f"unknown op {str(op)[:40]!r}; known: sub, unsub, pub")
+            return ErrorReply(request_id, BAD_REQUEST, f'missing field "op" (one of {", ".join(OPS)})')
+        return ErrorReply(request_id, UNKNOWN_OP, f"unknown op {str(op)[:40]!r}; known: {', '.join(OPS)}")
+    if op == "ping":
+        return Ping(request_id)
     if "ch" not in obj:
         return ErrorReply(request_id, BAD_REQUEST, f'missing field "ch" in {op}')
     channel = obj["ch"]

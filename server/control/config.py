@@ -76,7 +76,15 @@ class Config:
     )  # fmt: skip
     max_message_size: int = setting(64 * 1024, int, "largest client message in bytes; larger: close 1009")
     max_subscriptions: int = setting(1000, int, "channels one connection may subscribe to")
-    write_buffer_limit: int = setting(1024 * 1024, int, "unsent bytes per client before it is cut off with 1013")
+    max_worker_subscriptions: int | None = setting(
+        None, int, "subscriptions one worker holds in all; more: err too_many_subscriptions", optional=True,
+    )  # fmt: skip
+    write_buffer_limit: int = setting(
+        1024 * 1024, int, "unsent bytes per client; over it for --slow-reader-timeout (or over 8x at once): close 1013"
+    )
+    slow_reader_timeout: float = setting(5.0, float, "seconds a client may stay over --write-buffer-limit")
+    ping_interval: float = setting(25.0, float, "seconds between keepalive pings to each client")
+    ping_timeout: float = setting(10.0, float, "seconds a client has to answer a ping (else close 1011)")
     admin_socket: str = setting("./wsd.sock", str, "admin Unix socket of `wsd ctl` (mode 0600)", metavar="PATH")
     echo_path: str | None = setting(
         None, str, "also serve a WebSocket echo endpoint at PATH (for Autobahn)", optional=True, metavar="PATH"
@@ -110,6 +118,12 @@ class Config:
             raise ConfigError(f"max_subscriptions must be positive, got {self.max_subscriptions}")
         if self.write_buffer_limit < 1:
             raise ConfigError(f"write_buffer_limit must be positive, got {self.write_buffer_limit}")
+        if self.max_worker_subscriptions is not None and self.max_worker_subscriptions < 1:
+            raise ConfigError(f"max_worker_subscriptions must be positive, got {self.max_worker_subscriptions}")
+        if not 0 < self.ping_timeout < self.ping_interval < math.inf:
+            raise ConfigError(
+                f"ping_timeout ({self.ping_timeout}) must be > 0 and less than ping_interval ({self.ping_interval})"
+            )
         if self.ring_size < 1 << 16 or self.ring_size & (self.ring_size - 1):
             raise ConfigError(f"ring_size must be a power of two >= 65536, got {self.ring_size}")
         if self.max_message_size > self.ring_size // 4 - 1024:
@@ -130,7 +144,7 @@ class Config:
                 raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value}")
         if self.history_size < 0:
             raise ConfigError(f"history_size must be >= 0, got {self.history_size}")
-        for name in ("stop_timeout", "worker_timeout"):
+        for name in ("stop_timeout", "worker_timeout", "slow_reader_timeout"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")

@@ -54,6 +54,7 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 30.0
 LOOP_TIMEOUT_S = 0.5
 BUSY_LOOP_TIMEOUT_S = 0.05  # while a reload waits for a new process
+STARTUP_TIMEOUT_S = 30.0  # a new worker gets at least this long to write its first heartbeat
 RETIRE_GRACE_S = 10.0  # a retiring process gets its drain window, the stop timeout and this
 # Settings a reload cannot change: they are built into sockets and segments.
 FIXED_ON_RELOAD = (
@@ -268,10 +269,11 @@ class Supervisor:
                 continue
             stats = self.segments[process.bus_slot].read_stats()
             if stats["pid"] == process.pid:
-                silent_s = (now_ns - stats["heartbeat_ns"]) / 1e9
+                silent_s, limit = (now_ns - stats["heartbeat_ns"]) / 1e9, timeout
             else:
-                silent_s = now - process.started_at  # not serving yet: its start counts
-            if silent_s > timeout:
+                # Not serving yet: its start counts, with room for a slow start on a loaded host.
+                silent_s, limit = now - process.started_at, max(timeout, STARTUP_TIMEOUT_S)
+            if silent_s > limit:
                 log.error(
                     "worker %d (pid %d) has not written its heartbeat for %.1f s (--worker-timeout %g): "
                     "killing it; it is respawned", process.slot, process.pid, silent_s, timeout,
@@ -359,9 +361,12 @@ class Supervisor:
         slot.failed_runs = slot.failed_runs + 1 if ran_for < SHORT_RUN_S else 0
         delay = 0.0 if slot.failed_runs == 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (slot.failed_runs - 1))
         slot.spawn_at = time.monotonic() + delay
+        if delay > 0:
+            # Nobody accepts on the slot until the back-off ends: its share of new connections
+            # would wait in the kernel's queue; let the other workers take them meanwhile.
+            self._leave_reuseport_group(slot)
         if slot.failed_runs >= CRASH_LOOP_RUNS:
             slot.state = "crash-loop"
-            self._leave_reuseport_group(slot)
             log.error(
                 "worker %d is crash-looping: %d runs in a row ended within %gs of starting (last: %s); "
                 "next attempt in %.1fs. Check the worker log lines above.",
@@ -407,8 +412,9 @@ class Supervisor:
                 slot.current = self.spawn_worker(slot, standby=False)
 
     def _leave_reuseport_group(self, slot: WorkerSlot) -> None:
-        """A crash-looping slot would leave its share of new connections waiting in its queue:
-        close its sockets so the kernel spreads them over the other workers meanwhile."""
+        """A slot in respawn back-off would leave its share of new connections waiting in its queue:
+        close its sockets so the kernel spreads them over the other workers meanwhile (connections
+        already queued are reset, and their clients retry)."""
         if slot.ws_socket is None:
             return
         slot.ws_socket.close()

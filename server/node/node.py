@@ -24,11 +24,19 @@ from wsd.ext.hashing import channel_hash
 from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import Broker, BrokerError, Pending, StreamPosition
 from wsd.server.node.hub import Hub
-from wsd.server.protocol import PUBLISH_FAILED, UNAVAILABLE, Publish, Subscribe, err_reply, ok_reply
+from wsd.server.node.slow_readers import SlowReaders
+from wsd.server.protocol import (
+    PUBLISH_FAILED,
+    TOO_MANY_SUBSCRIPTIONS,
+    UNAVAILABLE,
+    Publish,
+    Subscribe,
+    err_reply,
+    ok_reply,
+)
 
 log = logging.getLogger("wsd.node")
 
-SLOW_CLOSE_GRACE_S = 5.0  # a slow reader closed with 1013 gets this long to take the close frame
 
 
 class Node:
@@ -38,17 +46,24 @@ class Node:
         worker_slot: int,
         max_subscriptions: int,
         write_buffer_limit: int,
+        slow_reader_timeout_s: float,
         on_session_opened: Callable[[Any], None],
         on_session_closed: Callable[[Any], None],
+        max_worker_subscriptions: int | None = None,
+        on_session_closing: Callable[[Any], None] = lambda session: None,
     ):
-        self.hub = Hub(write_buffer_limit, self._cut_off_slow_reader)
+        self.slow_readers = SlowReaders(write_buffer_limit, slow_reader_timeout_s, self._cut_off_slow_reader)
+        self.hub = Hub(write_buffer_limit, self.slow_readers.over_limit)
         self.write_buffer_limit = write_buffer_limit
+        self.max_worker_subscriptions = max_worker_subscriptions
+        self.subscriptions = 0  # of every session of this worker
         self.broker: Broker | None = None  # set once the broker exists (it needs our callbacks)
         self.counters = counters
         self.worker_slot = worker_slot
         self.max_subscriptions = max_subscriptions
         self._on_session_opened = on_session_opened
         self._on_session_closed = on_session_closed
+        self._on_session_closing = on_session_closing
         # chan_hash -> the first local subscriber's pending broker.subscribe(), while it is pending
         self._subscribing: dict[int, asyncio.Future] = {}
 
@@ -65,14 +80,26 @@ class Node:
     def session_opened(self, session: Any) -> None:
         self._on_session_opened(session)
 
+    def session_closing(self, session: Any) -> None:
+        """The closing handshake started: nothing more is delivered to it."""
+        self.drop_subscriptions(session)
+        self._on_session_closing(session)
+
     def session_closed(self, session: Any) -> None:
         self.drop_subscriptions(session)
+        self.slow_readers.forget(session)
         self._on_session_closed(session)
 
     def subscribe(self, session: Any, request: Subscribe) -> None:
         """Subscribe the session (it has not subscribed `request.channel` yet) and answer it: `ok`
         with the channel's position, then, for a resume, the missed messages; or an `err`."""
         channel = request.channel
+        if self.max_worker_subscriptions is not None and self.subscriptions >= self.max_worker_subscriptions:
+            session.forget_channel(channel)
+            message = f"this server holds its maximum of {self.max_worker_subscriptions} subscriptions per worker"
+            session.send_text(err_reply(request.id, TOO_MANY_SUBSCRIPTIONS, message))
+            return
+        self.subscriptions += 1
         name = channel.encode()
         chan_hash = channel_hash(name)
         transport = session.raw
@@ -184,6 +211,7 @@ class Node:
         self._unsubscribe_channel(session, channel)
 
     def _unsubscribe_channel(self, session: Any, channel: str) -> None:
+        self.subscriptions -= 1
         chan_hash = channel_hash(channel.encode())
         if self.hub.remove(chan_hash, session.raw) and chan_hash not in self._subscribing:
             self.broker.unsubscribe(channel)
@@ -202,12 +230,11 @@ class Node:
             return
         self.counters.slow_disconnects += 1
         log.info(
-            "worker %d: slow reader cut off (write buffer over %d bytes)", self.worker_slot, self.write_buffer_limit
-        )
-        self.drop_subscriptions(session)
+            "worker %d: slow reader cut off (%d bytes unsent; limit %d)",
+            self.worker_slot, raw.get_write_buffer_size(), self.write_buffer_limit,
+        )  # fmt: skip
+        # close() drops its subscriptions and aborts it if it does not take the close frame either.
         session.close(WSCloseCode.TRY_AGAIN_LATER, "too slow: write buffer limit exceeded")
-        # A reader that does not read will not take the close frame either.
-        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_S, lambda: raw.is_closing() and raw.abort())
 
     def drop_subscriptions(self, session: Any) -> None:
         for channel in session.take_channels():

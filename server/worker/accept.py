@@ -1,9 +1,14 @@
-"""Accept gating: a worker accepts new WebSocket connections only while it is under its connection
-limit, and stops for good when it stops or hands its slot over.
+"""Accept gating: a worker takes new WebSocket sessions only while it is under its connection limit,
+and stops accepting for good when it stops or hands its slot over.
 
-It serves on a duplicate of the slot's listening socket: closing the asyncio server to stop
-accepting closes only the duplicate, so the slot keeps its place in the kernel's reuseport group
-(connections already queued on it are not reset, and a successor on the slot takes them).
+At the limit it keeps accepting TCP connections and answers their handshake with 503 (`Retry-After`),
+rather than leaving them waiting in the kernel's accept queue, where a client would hang: the limit
+sits below the descriptor limit by a reserve (wsd.server.control.config.RESERVED_DESCRIPTORS) that
+pays for these short-lived refusals.
+
+It serves on a duplicate of the slot's listening socket: closing the asyncio server closes only the
+duplicate, so the slot keeps its place in the kernel's reuseport group (connections already queued
+on it are not reset, and a successor on the slot takes them).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import picows
 
 log = logging.getLogger("wsd.worker")
 
-RESUME_ACCEPTING_AT = 0.95  # of the connection limit: no flapping at the limit
+RESUME_ACCEPTING_AT = 0.95  # of the connection limit: one log line per episode, not per connection
 
 
 class AcceptGate:
@@ -39,44 +44,34 @@ class AcceptGate:
         self.server_kwargs = server_kwargs
         self.limit = limit
         self.server: asyncio.Server | None = None
-        self.accepting = False
+        self.accepting = False  # new sessions are taken (below the limit, not closed)
         self.closed = False  # stopped for good (stopping, or handed over)
 
     async def start(self) -> None:
         listener = socket.socket(fileno=os.dup(self.listen_socket.fileno()))
         self.server = await picows.ws_create_server(self.route, sock=listener, **self.server_kwargs)
-        self.accepting = True
-
-    def _stop_server(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        self.accepting = False
+        self.accepting = not self.closed
+        if self.closed:  # closed while the server was starting
+            self.close()
 
     def close(self) -> None:
         """Stop accepting for good."""
         self.closed = True
-        self._stop_server()
+        self.accepting = False
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def connections_changed(self, count: int) -> None:
-        """Stop at the limit; start again once below RESUME_ACCEPTING_AT of it."""
+        """Full at the limit; taking sessions again once below RESUME_ACCEPTING_AT of it."""
         if self.closed:
             return
         if self.accepting and count >= self.limit:
-            self._stop_server()
-            log.warning(
-                "worker %d stopped accepting: %d connections reached the limit %d", self.slot, count, self.limit
-            )
-        elif not self.accepting and count < self.limit * RESUME_ACCEPTING_AT:
-            self.accepting = True  # set now so only one restart is scheduled
-            self.loop.create_task(self._resume(count))
-
-    async def _resume(self, count: int) -> None:
-        if self.closed:
             self.accepting = False
-            return
-        await self.start()
-        if self.closed:  # stopped while the server was starting
-            self._stop_server()
-            return
-        log.info("worker %d accepting again (%d connections)", self.slot, count)
+            log.warning(
+                "worker %d stopped accepting: %d connections reached the limit %d; new handshakes get 503",
+                self.slot, count, self.limit,
+            )  # fmt: skip
+        elif not self.accepting and count < self.limit * RESUME_ACCEPTING_AT:
+            self.accepting = True
+            log.info("worker %d accepting again (%d connections)", self.slot, count)

@@ -25,6 +25,7 @@ from picows import WSCloseCode
 
 from wsd.server.bus.broker import ShmBroker
 from wsd.server.bus.segment import Segment
+from wsd.server.bus.tick import Periodic
 from wsd.server.control.config import Config
 from wsd.server.counters import WorkerCounters
 from wsd.server.http_api import PublishError, make_api_protocol_factory, start_api_server
@@ -33,13 +34,15 @@ from wsd.server.node.broker import BrokerError
 from wsd.server.node.node import Node
 from wsd.server.worker.accept import AcceptGate
 from wsd.server.worker.drain import Drain
+from wsd.server.worker.keepalive import Keepalive
 from wsd.server.worker.routes import WebSocketRoutes
 from wsd.server.worker.session import ClientSession
-from wsd.server.worker.ws_conformance import picows_server_kwargs
+from wsd.server.worker.ws_conformance import CLOSE_TIMEOUT_S, picows_server_kwargs
 
 log = logging.getLogger("wsd.worker")
 
 STATS_EVERY_S = 0.5
+MAINTENANCE_EVERY_S = 0.5  # slow-reader deadlines and keepalive pings
 PR_SET_PDEATHSIG = 1
 
 
@@ -58,10 +61,15 @@ class Worker:
         self.own_segment = self.segments[self.bus_slot]
         self.counters = WorkerCounters()
         self.sessions: set[ClientSession] = set()
+        config = self.config
         self.node = Node(
-            self.counters, self.slot, self.config.max_subscriptions, self.config.write_buffer_limit,
-            self._session_opened, self._session_closed,
+            self.counters, self.slot, config.max_subscriptions, config.write_buffer_limit,
+            config.slow_reader_timeout, self._session_opened, self._session_closed,
+            max_worker_subscriptions=config.max_worker_subscriptions, on_session_closing=self._session_closing,
         )  # fmt: skip
+        # Sessions in their closing handshake -> when to abort them if the peer never takes the close.
+        self.closing: dict[ClientSession, float] = {}
+        self.keepalive = Keepalive(lambda: self.sessions, config.ping_interval, config.ping_timeout)
         self.stopping = False  # refusing new sessions: stopping or draining
         self.drain: Drain | None = None
 
@@ -79,7 +87,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
         loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
         routes = WebSocketRoutes(
-            self.slot, self.counters, self._new_session, self._refusing_sessions, lambda: self.stopping,
+            self.slot, self.counters, self._new_session, self._refusing_sessions,
+            lambda: not self.accept.accepting and not self.accept.closed, lambda: self.stopping,
             self._server_clients, self.config.echo_path, self.config.max_message_size,
         )  # fmt: skip
         self.accept = AcceptGate(
@@ -93,7 +102,9 @@ class Worker:
         self.api_server = await start_api_server(loop, self.api_socket, api_factory)
         self.stopped = loop.create_future()
         self.broker.start()
-        self._write_stats_periodically()
+        Periodic(loop, STATS_EVERY_S, self._write_stats, "stats").start()
+        Periodic(loop, MAINTENANCE_EVERY_S, self._maintain_connections, "connection maintenance").start()
+        self._write_stats()
         role = self.broker.role
         duty = f"sequencing role {role}" if role is not None else "stand-by until its predecessor exits"
         log.info(
@@ -168,8 +179,12 @@ class Worker:
             self.drain.add(session)
         self.accept.connections_changed(len(self.sessions))
 
+    def _session_closing(self, session: ClientSession) -> None:
+        self.closing[session] = time.monotonic() + CLOSE_TIMEOUT_S
+
     def _session_closed(self, session: ClientSession) -> None:
         self.sessions.discard(session)
+        self.closing.pop(session, None)
         if not self.stopping:
             self.accept.connections_changed(len(self.sessions))
 
@@ -185,11 +200,22 @@ class Worker:
 
     # -- the stats block: heartbeat and numbers for the supervisor --
 
-    def _write_stats_periodically(self) -> None:
-        try:
-            self._write_stats()
-        finally:
-            self.loop.call_later(STATS_EVERY_S, self._write_stats_periodically)
+    def _maintain_connections(self) -> None:
+        self.node.slow_readers.sweep()
+        self.keepalive.tick()
+        self._abort_stuck_closes()
+
+    def _abort_stuck_closes(self) -> None:
+        """A peer that does not take our CLOSE frame (it stopped reading) is aborted CLOSE_TIMEOUT_S
+        after the close started, so it cannot hold its buffers and its slot forever."""
+        if not self.closing:
+            return
+        now = time.monotonic()
+        for session, deadline in list(self.closing.items()):
+            if now >= deadline:
+                del self.closing[session]
+                if session.raw is not None:
+                    session.raw.abort()
 
     def _write_stats(self) -> None:
         drain, broker, hub, counters = self.drain, self.broker, self.node.hub, self.counters

@@ -1,4 +1,4 @@
-"""What the WebSocket port answers, by path: `/ws` (a client session, or 503 while draining),
+"""What the WebSocket port answers, by path: `/ws` (a client session, or 503 while draining or full),
 `/healthz`, the echo endpoint for conformance tests, and the static pages (the demo and wsd.js).
 Anything else: 404 (picows answers it)."""
 
@@ -21,6 +21,7 @@ class WebSocketRoutes:
         counters: WorkerCounters,
         new_session: Callable[[], Any],
         refusing_sessions: Callable[[], bool],
+        full: Callable[[], bool],
         draining: Callable[[], bool],
         server_clients: Callable[[], int],
         echo_path: str | None,
@@ -30,6 +31,7 @@ class WebSocketRoutes:
         self.counters = counters
         self.new_session = new_session
         self.refusing_sessions = refusing_sessions
+        self.full = full
         self.draining = draining
         self.server_clients = server_clients
         self.echo_path = echo_path.encode() if echo_path is not None else None
@@ -43,6 +45,9 @@ class WebSocketRoutes:
             if self.refusing_sessions():
                 self.counters.handshakes_refused += 1
                 return _error(503, b"draining: reconnect to another server\n", {"Retry-After": "1"})
+            if self.full():
+                self.counters.handshakes_refused += 1
+                return _error(503, b"server full: retry shortly\n", {"Retry-After": "1"})
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_101_response(self._slot_header), self.new_session()
             )

@@ -15,6 +15,7 @@ from wsd.server.counters import WorkerCounters
 from wsd.server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
     ErrorReply,
+    Ping,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -32,6 +33,8 @@ class SessionHost(Protocol):
     max_subscriptions: int
 
     def session_opened(self, session: ClientSession) -> None: ...
+
+    def session_closing(self, session: ClientSession) -> None: ...
 
     def session_closed(self, session: ClientSession) -> None: ...
 
@@ -84,6 +87,11 @@ class ClientSession(ConformingListener):
             self.send_text(ok_reply(request.id))
         elif isinstance(request, Publish):
             host.publish_for_client(self, request)
+        elif isinstance(request, Ping):
+            self.send_text(ok_reply(request.id))
+
+    def on_closing(self) -> None:
+        self.host.session_closing(self)
 
     def _subscribe(self, request: Subscribe) -> None:
         if self.channels is None:

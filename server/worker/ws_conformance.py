@@ -30,6 +30,9 @@ CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 MAX_CONTROL_PAYLOAD = 125
+# A closing connection whose peer does not take our CLOSE frame (it stopped reading) is aborted
+# after this long, so it cannot hold its buffers and its slot forever.
+CLOSE_TIMEOUT_S = 5.0
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 _UTF8_DECODER = codecs.getincrementaldecoder("utf-8")
@@ -260,25 +263,52 @@ class ConformingListener(WSListener):
     Serve with `picows_server_kwargs()` so pings reach this class instead of picows' auto-pong.
     """
 
-    __slots__ = ("transport", "_assembler")
+    __slots__ = ("transport", "_assembler", "_heard")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__()
         self.transport: WSTransport | None = None
         self._assembler = MessageAssembler(max_message_size)
+        self._heard = True  # a frame arrived since our last keepalive ping
 
     def on_message(self, is_text: bool, payload: bytes) -> None:
         """Handle one complete message (text is valid UTF-8, as bytes). Override in subclasses."""
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Send a CLOSE frame with `code` (at most once) and disconnect once buffered data is sent."""
+    def on_closing(self) -> None:
+        """Called once when this side starts the closing handshake. Override in subclasses (a
+        session drops its subscriptions, and its worker aborts it if the peer never takes the
+        CLOSE frame: see CLOSE_TIMEOUT_S)."""
+
+    def close(self, code: int, reason: str = "", abort: bool = False) -> None:
+        """Send a CLOSE frame with `code` (at most once) and disconnect once buffered data is sent,
+        or at once with `abort` (a dead peer). `on_closing` runs once, when this side starts."""
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
-        if not transport.is_close_frame_sent:
+        starting = not transport.is_close_frame_sent
+        if starting:
             # WSCloseCode is a flexible IntEnum: it also accepts application codes 3000-4999.
             transport.send_close(WSCloseCode(code), reason.encode("utf-8"))
         transport.disconnect()
+        if starting:
+            self.on_closing()
+        if abort:
+            transport.underlying_transport.abort()
+
+    # -- keepalive (wsd.server.worker.keepalive) --
+
+    def send_keepalive_ping(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_disconnected and not transport.is_close_frame_sent:
+            self._heard = False
+            transport.send_ping()
+
+    def keepalive_expired(self) -> bool:
+        """Nothing arrived since the last keepalive ping (and the connection is not closing anyway)."""
+        transport = self.transport
+        return not self._heard and transport is not None and not transport.is_disconnected and (
+            not transport.is_close_frame_sent
+        )
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -293,6 +323,7 @@ class ConformingListener(WSListener):
         pass
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self._heard = True
         if transport.is_close_frame_sent:
             # We (or picows, on a framing error) already sent CLOSE: data is ignored and the
             # peer's CLOSE completes the handshake.

@@ -326,11 +326,20 @@ def test_server_kwargs_disable_auto_pong_and_bound_frames_by_the_message_limit()
 # --- ConformingListener wiring, with a recording stand-in for picows' WSTransport ---
 
 
+class RecordingRawTransport:
+    def __init__(self, sent: list[tuple]):
+        self.sent = sent
+
+    def abort(self):
+        self.sent.append(("abort",))
+
+
 class RecordingTransport:
     def __init__(self):
         self.sent: list[tuple] = []
         self.is_close_frame_sent = False
         self.is_disconnected = False
+        self.underlying_transport = RecordingRawTransport(self.sent)
 
     def send(self, msg_type, message):
         self.sent.append(("send", int(msg_type), bytes(message)))
