@@ -23,12 +23,12 @@ from typing import Any
 import uvloop
 from picows import WSCloseCode
 
+from wsd.server.api import PublishError, make_api_protocol_factory, start_api_server
 from wsd.server.bus.broker import ShmBroker
 from wsd.server.bus.segment import Segment
 from wsd.server.bus.tick import Periodic
 from wsd.server.control.config import Config
 from wsd.server.counters import WorkerCounters
-from wsd.server.http_api import PublishError, make_api_protocol_factory, start_api_server
 from wsd.server.logs import setup_logging
 from wsd.server.node.broker import BrokerError
 from wsd.server.node.node import Node
