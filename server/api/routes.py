@@ -13,8 +13,6 @@ does not take (405 with ``Allow``), and, when an API key is set, a request to a 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import types
 import urllib.parse
@@ -25,6 +23,7 @@ import orjson
 
 from wsd.server import json_limits
 from wsd.server.api.http11 import Request, Response
+from wsd.server.auth.apikey import bearer_matches
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +126,8 @@ class Router:
             api_key = api_key.encode()
         if api_key is not None and not api_key:
             raise ValueError("the API key must not be empty")
-        # Compared as digests, so the comparison takes the same time whatever the key's length.
-        self._key_digest = hashlib.sha256(api_key).digest() if api_key is not None else None
+        # Checked by wsd.server.auth.apikey (constant-time comparison), as everything about the key is.
+        self._api_key = api_key
         self._exact: dict[bytes, _Route] = {}
         self._patterns: list[_Route] = []
         self._order: list[_Route] = []
@@ -136,7 +135,7 @@ class Router:
 
     @property
     def requires_key(self) -> bool:
-        return self._key_digest is not None
+        return self._api_key is not None
 
     def add(
         self,
@@ -199,7 +198,7 @@ class Router:
         if request.error is not None:
             return error_response(request.error.status, request.error.message)
         try:
-            outcome = self._dispatch(request) if self._patterns or self._key_digest is not None else None
+            outcome = self._dispatch(request) if self._patterns or self._api_key is not None else None
             if outcome is None:
                 # The common case, kept to one call: an exact path and no key.
                 route = self._exact.get(request.path)  # type: ignore[arg-type]
@@ -230,7 +229,7 @@ class Router:
                     value = urllib.parse.unquote(path[len(prefix) :].decode("latin-1"))
                     route, params = candidate, {candidate.param: value}
                     break
-        if self._key_digest is not None:
+        if self._api_key is not None:
             protected = route.auth if route is not None else path is not None and path.startswith(b"/api/")
             if protected:
                 self._check_key(request.authorization)
@@ -260,11 +259,13 @@ class Router:
             return error_response(500, f"internal error: {error!r}")
 
     def _check_key(self, authorization: bytes | None) -> None:
-        assert self._key_digest is not None
+        assert self._api_key is not None
+        if bearer_matches(authorization, self._api_key):
+            return
         if authorization is None:
-            raise ApiError(401, 'this API needs a key: send "Authorization: Bearer <key>"', _UNAUTHORIZED_HEADERS)
-        scheme, _, key = authorization.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not key.strip():
-            raise ApiError(401, 'the Authorization header must be "Bearer <key>"', _UNAUTHORIZED_HEADERS)
-        if not hmac.compare_digest(hashlib.sha256(key.strip()).digest(), self._key_digest):
-            raise ApiError(401, "wrong API key", _UNAUTHORIZED_HEADERS)
+            message = "unauthorized: this API needs the header Authorization: Bearer <api key>"
+        elif authorization.strip().partition(b" ")[0].lower() != b"bearer":
+            message = "unauthorized: the Authorization header must be Bearer <api key>"
+        else:
+            message = "unauthorized: wrong API key"
+        raise ApiError(401, message, _UNAUTHORIZED_HEADERS)

@@ -413,9 +413,9 @@ def test_healthz_answers_ok_or_draining() -> None:
 @pytest.mark.parametrize(
     ("authorization", "fragment"),
     [
-        (None, "Authorization: Bearer"),
-        ("Basic c2VjcmV0", "Bearer <key>"),
-        ("Bearer", "Bearer <key>"),
+        (None, "Authorization: Bearer <api key>"),
+        ("Basic c2VjcmV0", "must be Bearer <api key>"),
+        ("Bearer", "wrong API key"),
         ("Bearer wrong", "wrong API key"),
         ("Bearer s3cret-but-longer", "wrong API key"),
     ],
@@ -431,7 +431,7 @@ def test_api_paths_need_the_api_key_when_one_is_set(authorization: str | None, f
         http("GET", "/api/publish", **headers),
     ):
         response = answer_now(router, raw)
-        assert_error(response, 401, fragment)
+        assert_error(response, 401, "unauthorized: ", fragment)
         assert response.headers == b'WWW-Authenticate: Bearer realm="wsd"\r\n'
     assert publisher.published == []
 
