@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers system-deps
+.PHONY: run test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers bench-api system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench-connections: install
 # writes bench/results/auth-verify-* (see bench/auth_verify.py).
 bench-auth: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.auth_verify
+
+# The publish API alone: pipelined POST /api/publish against a publisher that answers at once;
+# requests/s and server CPU per request; writes bench/results/api-throughput-* (see bench/api_throughput.py).
+bench-api: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.api_throughput
 
 # Fan-out against the peers (bench/peers/): wsd (2 workers), Node ws, socket.io 4 + Redis adapter (2
 # processes), Python websockets; 10,000 subscribers; burst, paced latency, targeted. Installs the peers

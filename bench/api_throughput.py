@@ -12,7 +12,7 @@ under ``--out``.
 
 Take the shared benchmark lock while measuring:
 
-    flock /tmp/wsd-bench.lock .venv/bin/python bench/api_throughput.py --tag after
+    flock /tmp/wsd-bench.lock .venv/bin/python -m bench.api_throughput --tag after   # or: make bench-api
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def main() -> None:
     report = {
         "tag": args.tag,
         "implementation": IMPLEMENTATION,
-        "command": "python " + shlex.join(["bench/api_throughput.py", *sys.argv[1:]]),
+        "command": "python -m " + shlex.join(["bench.api_throughput", *sys.argv[1:]]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "requests_per_s_median": statistics.median(rates),
         "requests_per_s_min": min(rates),
