@@ -129,7 +129,7 @@ def test_rolling_reload_loses_nothing_and_fails_no_handshake(wsd_factory):
 
 
 def test_drain_spreads_closes_over_the_window_then_exits_zero(wsd_factory):
-    wsd = wsd_factory(workers=2)
+    wsd = wsd_factory("--lame-duck", "0", workers=2)  # new handshakes refused at once
     clients_count = 200
 
     async def scenario():
@@ -173,7 +173,7 @@ def test_drain_spreads_closes_over_the_window_then_exits_zero(wsd_factory):
 
 
 def test_drain_retry_after_header(wsd_factory):
-    wsd = wsd_factory("--drain-window", "5", workers=1)
+    wsd = wsd_factory("--drain-window", "5", "--lame-duck", "0", workers=1)
     wsd.ctl("drain")
     request = urllib.request.Request(
         f"http://127.0.0.1:{wsd.port}/ws",
@@ -317,3 +317,29 @@ def test_a_full_restart_changes_the_epoch(wsd_factory):
 
     reply = asyncio.run(resume())
     assert reply["recovered"] is False and reply["epoch"] != before["epoch"] and reply["off"] == 0
+
+
+def test_during_the_lame_duck_period_new_handshakes_succeed_and_are_moved_with_1012(wsd_factory):
+    wsd = wsd_factory("--lame-duck", "1", workers=1)
+
+    async def scenario():
+        early = await connect(wsd.url)
+        started = time.monotonic()
+        await asyncio.to_thread(wsd.ctl, "drain", "--window", "4")
+        assert (await asyncio.to_thread(wsd.http_get, "/healthz"))[0] == 503  # at once
+        late = await connect(wsd.url)  # still accepted: the front has not removed us yet
+        while time.monotonic() - started < 1.8:
+            await asyncio.sleep(0.1)
+        with pytest.raises(Exception) as refused:  # after the lame-duck period: 503
+            await connect(wsd.url)
+        assert "503" in str(refused.value)
+        codes = []
+        for ws in (early, late):
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed as exc:
+                codes.append(exc.rcvd.code if exc.rcvd else None)
+        return codes
+
+    assert asyncio.run(scenario()) == [1012, 1012]
+    assert wsd.wait(20) == 0

@@ -95,6 +95,9 @@ class Config:
     channel_table_slots: int = setting(1 << 16, int, "channels each worker can sequence (power of two)")
     stop_timeout: float = setting(10.0, float, "seconds a graceful stop (SIGINT, ctl stop) may take")
     drain_window: float = setting(30.0, float, "seconds over which SIGTERM and reloads spread client closes")
+    lame_duck: float = setting(
+        5.0, float, "seconds a draining server still accepts handshakes (its /healthz says 503 at once)"
+    )
     worker_timeout: float = setting(
         30.0, float, "seconds without a heartbeat after which a hung worker is killed and respawned"
     )
@@ -138,7 +141,7 @@ class Config:
             raise ConfigError(f"echo_path must start with '/', got {self.echo_path!r}")
         if self.echo_path in ("/ws", "/healthz", "/", "/wsd.js"):
             raise ConfigError(f"echo_path {self.echo_path!r} collides with a built-in path")
-        for name in ("drain_window", "history_ttl"):
+        for name in ("drain_window", "lame_duck", "history_ttl"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:
                 raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value}")

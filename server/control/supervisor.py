@@ -245,7 +245,7 @@ class Supervisor:
         log.info("draining (%s): clients closed with 1012 over %gs, then exit", reason, window_s)
         self.state = "draining"
         self.reload.abandon()
-        self.stop_deadline = time.monotonic() + window_s + self.config.stop_timeout + 5.0
+        self.stop_deadline = time.monotonic() + max(window_s, self.config.lame_duck) + self.config.stop_timeout + 5.0
         for slot in self.slots:
             process = slot.current
             if process is not None:

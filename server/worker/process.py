@@ -118,8 +118,10 @@ class Worker:
 
     def _refusing_sessions(self) -> bool:
         # A hand-over drain still serves handshakes that reached this process: its successor takes
-        # all new connections, and refusing these would fail them.
-        return self.stopping and not (self.drain is not None and self.drain.hand_over)
+        # all new connections, and refusing these would fail them. A drain's lame-duck period still
+        # takes them too: the front has not seen /healthz fail yet.
+        drain = self.drain
+        return self.stopping and not (drain is not None and (drain.hand_over or drain.in_lame_duck()))
 
     def _on_stop_signal(self) -> None:
         """SIGINT: a quick graceful stop, clients closed with 1001; a second one exits at once."""
@@ -152,6 +154,7 @@ class Worker:
         self.drain = Drain(
             self.loop, self.slot, self.sessions, window, hand_over,
             lambda: self.loop.create_task(self._finish_stop(2.0)),
+            lame_duck_s=0.0 if hand_over else self.config.lame_duck,
         )  # fmt: skip
         self._write_stats()
 
