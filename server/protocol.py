@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from wsd.server import json_limits
 from wsd.server.channel_names import channel_name_error
 
 # Error codes carried in `err` replies (stable strings: clients switch on them).
@@ -87,10 +88,16 @@ def _since(value: Any) -> tuple[int, int] | str:
     return off, epoch
 
 
-def parse_request(text: bytes) -> Request | ErrorReply:
-    """Decode one client text message into a request, or the `err` reply it deserves."""
+def parse_request(text: bytes, max_data_size: int | None = None) -> Request | ErrorReply:
+    """Decode one client text message into a request, or the `err` reply it deserves.
+
+    A `pub`'s data is stored and delivered as orjson re-serializes it: nesting past 64 levels and
+    integers outside 64 bits are refused (wsd.server.json_limits) rather than changed, and
+    `max_data_size` counts the re-serialized bytes (`1e15` is written `1000000000000000.0`)."""
     try:
-        obj = orjson.loads(text)
+        obj = json_limits.loads(text)
+    except json_limits.JsonLimitError as exc:
+        return ErrorReply(None, BAD_REQUEST, str(exc))
     except orjson.JSONDecodeError as exc:
         return ErrorReply(None, BAD_JSON, f"message is not valid JSON: {exc}")
     if not isinstance(obj, dict):
@@ -121,7 +128,15 @@ def parse_request(text: bytes) -> Request | ErrorReply:
         return Unsubscribe(request_id, channel)
     if "data" not in obj:
         return ErrorReply(request_id, BAD_REQUEST, 'missing field "data" in pub')
-    return Publish(request_id, channel, orjson.dumps(obj["data"]))
+    try:
+        data_json = json_limits.encode(obj["data"])
+        json_limits.check_integers(text, data_json)
+    except json_limits.JsonLimitError as exc:
+        return ErrorReply(request_id, BAD_REQUEST, f"data: {exc}")
+    if max_data_size is not None and len(data_json) > max_data_size:
+        message = f"data is {len(data_json)} bytes as compact JSON, more than the limit of {max_data_size} bytes"
+        return ErrorReply(request_id, BAD_REQUEST, message)
+    return Publish(request_id, channel, data_json)
 
 
 def ok_reply(request_id: Any, **extra: Any) -> bytes:

@@ -81,6 +81,12 @@ ERROR_CASES = [
     (b'{"op": "sub", "ch": 42, "id": 10}', "bad_channel"),
     (b'{"op": "sub", "ch": "caf\xc3\xa9", "id": 11}', "bad_channel"),
     (b'{"op": "sub", "ch": "a", "since": 5, "id": 12}', "bad_since"),
+    # Nesting past 64 levels, and integers outside 64 bits: refused, never changed (issue 9, item 3).
+    (b'{"op": "pub", "ch": "a", "id": 13, "data": ' + b"[" * 300 + b"]" * 300 + b"}", "bad_request"),
+    (b'{"op": "pub", "ch": "a", "id": 14, "data": ' + b"[" * 65 + b"]" * 65 + b"}", "bad_request"),
+    (b'{"op": "pub", "ch": "a", "id": 15, "data": {"n": 123456789012345678901234567890}}', "bad_request"),
+    (b'{"op": "pub", "ch": "a", "id": 16, "data": -9223372036854775809}', "bad_request"),
+    (b'{"op": "sub", "ch": "a", "x": ' + b"[" * 1100 + b"]" * 1100 + b"}", "bad_request"),  # past orjson's own
 ]
 
 
@@ -156,3 +162,20 @@ def test_slow_reader_is_cut_off_with_1013_and_counted(wsd_with_watcher):
     # Now read: the data already queued, then the 1013 close.
     assert slow.recv_close_code() == 1013
     slow.close()
+
+
+def test_data_within_the_json_limits_is_published_and_delivered(wsd_with_watcher):
+    wsd = wsd_with_watcher
+    client = RawWebSocket("127.0.0.1", wsd.port)
+    client.send_text(json.dumps({"op": "sub", "ch": "limits", "id": 1}))
+    assert json.loads(client.recv_frame()[1])["op"] == "ok"
+    nested: object = "leaf"
+    for _ in range(50):  # 50 levels are fine
+        nested = [nested]
+    cases = [nested, 2**64 - 1, -(2**63), {"big": 1e15}]
+    for n, data in enumerate(cases):
+        client.send_text(json.dumps({"op": "pub", "ch": "limits", "id": 10 + n, "data": data}))
+    got = [json.loads(client.recv_frame()[1]) for _ in range(2 * len(cases))]
+    assert [m["op"] for m in got if m.get("id") is not None] == ["ok"] * len(cases), got
+    assert [m["data"] for m in got if m["op"] == "msg"] == cases
+    client.close()

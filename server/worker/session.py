@@ -76,7 +76,7 @@ class ClientSession(ConformingListener):
             return
         host = self.host
         host.counters.msgs_in += 1
-        request = parse_request(payload)
+        request = parse_request(payload, self.max_message_size)
         if isinstance(request, ErrorReply):
             self.send_text(request.encode())
         elif isinstance(request, Subscribe):

@@ -271,6 +271,10 @@ class ConformingListener(WSListener):
         self._assembler = MessageAssembler(max_message_size)
         self._heard = True  # a frame arrived since our last keepalive ping
 
+    @property
+    def max_message_size(self) -> int:
+        return self._assembler.max_message_size
+
     def on_message(self, is_text: bool, payload: bytes) -> None:
         """Handle one complete message (text is valid UTF-8, as bytes). Override in subclasses."""
 
