@@ -66,6 +66,9 @@ class BusError(RuntimeError):
 class MessageTooLarge(BusError):
     """A publish whose message would not fit one ring entry (checked before anything is written)."""
 
+# Tags from this one up are other layers' records, handed to on_record (wsd.server.cluster.records).
+FIRST_OTHER_TAG = 16
+
 # Bad entries logged in full (with a traceback) before the log only counts them.
 _BAD_ENTRIES_LOGGED = 10
 
@@ -120,6 +123,9 @@ class BusEngine:
         self.lost_bytes = 0
         self.gaps = 0
         self.bad_entries = 0  # ring entries that could not be handled: skipped, never retried
+        # Ring entries of other tags (cluster mode's records): on_record(ring slot, tag, payload),
+        # called in ring order while polling; it must not poll itself.
+        self.on_record: Callable[[int, int, bytes], None] | None = None
         # Interest is in-process state: a new process on this bus slot starts with none.
         self.own.interest.clear_all()
         if role is not None:
@@ -383,6 +389,8 @@ class BusEngine:
                             sequenced.add(request.chan_hash)
                         except TableFullError as exc:
                             log.error("cannot sequence publish on %r: %s", request.channel, exc)
+                    elif tag >= FIRST_OTHER_TAG and self.on_record is not None:
+                        self.on_record(slot, tag, payload)
                 except Exception:
                     self._bad_entry(slot, entry_position, tag, payload)
             processed += len(entries)
@@ -431,6 +439,71 @@ class BusEngine:
             log.warning("gap on %r: expected offset %d, got %d", msg.channel, tracked.offset + 1, msg.off)
         tracked.offset = msg.off
         self.deliver(chan_hash, msg.channel, msg.epoch, msg.off, msg.data, msg.ts_ns)
+
+    # -- cluster mode: messages sequenced elsewhere (Redis), records of other layers --
+    # (wsd.server.cluster.owner uses these; the bus itself never calls them)
+
+    def role_of_channel(self, channel: bytes) -> int:
+        return self.role_of(channel_hash(channel))
+
+    def table_position(self, channel: bytes) -> tuple[int, int] | None:
+        """(epoch, last offset) of a channel in its role's table, None if the table has no entry."""
+        chan_hash = channel_hash(channel)
+        current = self.segments[self.role_of(chan_hash)].table.get(chan_hash)
+        return None if current is None else (current[0], current[1])
+
+    def append_external(self, channel: bytes, epoch: int, offset: int, ts_ns: int, data: bytes) -> int:
+        """Append a message another bus sequenced (its epoch and offset, not ours) as the channel's
+        next MSG; only the holder of the channel's role may. It continues the history chain when it
+        follows the table's entry directly. Returns the channel hash, for wake_interested(); the
+        caller polls to deliver it here."""
+        chan_hash = channel_hash(channel)
+        if self.role_of(chan_hash) != self.role:
+            raise BusError(f"bus slot {self.bus_slot} does not hold the role of {channel!r}")
+        table = self.segments[self.role].table
+        current = table.get(chan_hash)
+        follows = current is not None and current[0] == epoch and current[1] == offset - 1
+        record = encode_msg(epoch, NO_SLOT, offset, current[2] if follows else NO_POSITION, ts_ns, 0, chan_hash,
+                            channel, data)  # fmt: skip
+        position = self.own.ring.append(TAG_MSG, record)
+        table.put(chan_hash, epoch, offset, chain_position(self.bus_slot, position), ts_ns)
+        return chan_hash
+
+    def set_position(self, channel: bytes, epoch: int, offset: int) -> int:
+        """Move a channel of our role to (epoch, offset) without a message: its history starts
+        there. Returns the channel hash."""
+        chan_hash = channel_hash(channel)
+        if self.role_of(chan_hash) != self.role:
+            raise BusError(f"bus slot {self.bus_slot} does not hold the role of {channel!r}")
+        self.segments[self.role].table.put(chan_hash, epoch, offset, NO_POSITION, time.time_ns())
+        return chan_hash
+
+    def wake_interested(self, chan_hashes: set[int]) -> None:
+        """Ring the doorbells of the processes that may want these channels (after appends)."""
+        self._ring_interested(chan_hashes)
+
+    def append_record(self, tag: int, payload: bytes) -> int:
+        """Append another layer's record to our ring (tag >= FIRST_OTHER_TAG); its position."""
+        if tag < FIRST_OTHER_TAG:
+            raise ValueError(f"tag {tag} belongs to the bus itself")
+        return self.own.ring.append(tag, payload)
+
+    def role_holder(self, role: int) -> int | None:
+        return self.segments[role].role_holder()
+
+    def marks_interest(self, bus_slot: int, channel: bytes) -> bool:
+        """Whether the process on `bus_slot` marks the interest bucket of `channel` (a bucket holds
+        many channels: True may be another channel of the bucket)."""
+        return self.segments[bus_slot].interest.test(channel_hash(channel))
+
+    def restart_tracked(self, channel: bytes, epoch: int, offset: int) -> bool:
+        """A tracked channel continues after (epoch, offset) (its messages up to there are lost):
+        deliveries resume with offset + 1. False if this process does not track it."""
+        tracked = self.tracked.get(channel_hash(channel))
+        if tracked is None:
+            return False
+        tracked.epoch, tracked.offset = epoch, offset
+        return True
 
     def lag_bytes(self) -> int:
         return sum(max(0, segment.ring.commit - self.cursors[s]) for s, segment in enumerate(self.segments))
