@@ -147,3 +147,9 @@ def ok_reply(request_id: Any, **extra: Any) -> bytes:
 
 def err_reply(request_id: Any, code: str, msg: str) -> bytes:
     return orjson.dumps({"op": "err", "id": request_id, "code": code, "msg": msg})
+
+
+def gap_notice(channel: str, offset: int, epoch: int) -> bytes:
+    """`{"op":"gap","ch":NAME,"off":O,"epoch":E}`: the channel's messages up to O of epoch E are
+    lost (the cluster's Redis lost them); refetch the state, deliveries continue after O."""
+    return orjson.dumps({"op": "gap", "ch": channel, "off": offset, "epoch": epoch})

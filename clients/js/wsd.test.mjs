@@ -191,6 +191,41 @@ test("history gone in the same epoch is a gap over the missed offsets", async ()
   client.close();
 });
 
+test("the server's gap message is a gap event, and deliveries continue after its offset", async () => {
+  const { client, socket, events } = await newClient();
+  const seen = [];
+  client.subscribe("c", (data, meta) => seen.push([meta.epoch, meta.off]));
+  socket().serverOpen();
+  socket().serverSend({ op: "ok", id: socket().lastSent("sub").id, off: 4, epoch: 7 });
+  socket().serverSend({ op: "msg", ch: "c", off: 5, data: "a" });
+  socket().serverSend({ op: "gap", ch: "c", off: 2, epoch: 9 }); // Redis restarted empty: a new epoch
+  socket().serverSend({ op: "msg", ch: "c", off: 2, data: "old" }); // up to the gap's offset: not delivered
+  socket().serverSend({ op: "msg", ch: "c", off: 3, data: "b" });
+  socket().serverSend({ op: "gap", ch: "c", off: 10, epoch: 9 }); // the same epoch, messages 4..10 lost
+  socket().serverSend({ op: "msg", ch: "c", off: 11, data: "c" });
+  assert.deepEqual(seen, [[7, 5], [9, 3], [9, 11]]);
+  assert.deepEqual(events.filter((e) => e.type === "gap"), [
+    { type: "gap", channel: "c", reason: "epoch", from: 1, to: 2, epoch: 9, previousOff: 5, previousEpoch: 7 },
+    { type: "gap", channel: "c", reason: "history", from: 4, to: 10, epoch: 9, previousOff: 3, previousEpoch: 9 },
+  ]);
+  client.close();
+});
+
+test("a gap message that arrives while the subscription is being answered waits its turn", async () => {
+  const { client, socket, events } = await newClient();
+  const seen = [];
+  client.subscribe("c", (data, meta) => seen.push(meta.off));
+  socket().serverOpen();
+  const sub = socket().lastSent("sub");
+  socket().serverSend({ op: "gap", ch: "c", off: 20, epoch: 3 });
+  socket().serverSend({ op: "msg", ch: "c", off: 21, data: "x" });
+  assert.deepEqual(seen, []);
+  socket().serverSend({ op: "ok", id: sub.id, off: 12, epoch: 2 });
+  assert.deepEqual(seen, [21]);
+  assert.equal(events.filter((e) => e.type === "gap").length, 1);
+  client.close();
+});
+
 test("close 1008 stops; pending publishes are rejected on close", async () => {
   const { client, socket, events } = await newClient();
   socket().serverOpen();

@@ -79,6 +79,9 @@ class ShmBroker:
 
     # -- Broker --
 
+    def unavailable(self, channel: str) -> None:
+        return None  # the host's own bus is always there
+
     def publish(self, channel: str, data_json: bytes) -> Pending[int]:
         try:
             offset, token = self.engine.publish(channel, data_json)

@@ -2,6 +2,10 @@
 history at once, Redis is read once for all of them (and once more for those who came while that
 read was on the wire and could not use it).
 
+A read also serves, for RECENT_S, callers whose range it holds (the same epoch, a start at or after
+the read's, an end at or before its top): a channel's messages never change within an epoch, so 60
+clients resuming one channel over a few milliseconds cost one read, not one per wave of arrivals.
+
 The rules that decide what a caller gets from a read are a pure function, `answer()`.
 """
 
@@ -12,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from wsd.server.cluster.model import HistoryResult, Publication, StreamPosition
+
+RECENT_S = 1.0  # how long a read's result serves callers whose range it holds
 
 # read(channel, after, count) -> (epoch, top offset, Redis now ns, publications after max(after, top-count))
 HistoryReader = Callable[[str, int, int], Awaitable[tuple[int, int, int, list[Publication]]]]
@@ -55,6 +61,22 @@ class _Waiter:
 
 
 @dataclass
+class _Recent:
+    """A finished read, kept for callers whose range it holds."""
+
+    after: int
+    epoch: int
+    top: int
+    now_ns: int
+    publications: list[Publication]
+    at: float  # loop time of the answer
+
+    def holds(self, since: StreamPosition | None, upto: int | None) -> bool:
+        return (since is not None and upto is not None and 0 <= self.after <= since.offset
+                and since.epoch == self.epoch and upto <= self.top)  # fmt: skip
+
+
+@dataclass
 class _Read:
     waiters: list[_Waiter] = field(default_factory=list)
     after: int = -1
@@ -75,14 +97,25 @@ class HistoryCoalescer:
         self.capacity = capacity  # entries a stream holds (the history size): what one read asks for
         self._queued: dict[str, _Read] = {}
         self._inflight: dict[str, _Read] = {}
+        self._recent: dict[str, _Recent] = {}
         self.reads = 0  # Redis reads made, for status and tests
         self.requests = 0
+        self.served_recent = 0
 
     async def get(
         self, channel: str, since: StreamPosition | None, limit: int, upto: int | None = None
     ) -> HistoryResult:
         """The channel's history after `since` (see answer()); raises what the read raised."""
         self.requests += 1
+        recent = self._recent.get(channel)
+        if recent is not None:
+            now = asyncio.get_running_loop().time()
+            if now - recent.at > RECENT_S:
+                del self._recent[channel]
+            elif recent.holds(since, upto):
+                self.served_recent += 1
+                now_ns = recent.now_ns + int((now - recent.at) * 1e9)
+                return answer(since, limit, upto, self.ttl_ns, recent.epoch, recent.top, now_ns, recent.publications)
         waiter = _Waiter(since, limit, upto, asyncio.get_running_loop().create_future())
         inflight = self._inflight.get(channel)
         if inflight is not None and inflight.covers(waiter):
@@ -90,6 +123,10 @@ class HistoryCoalescer:
         else:
             self._queue(channel, waiter)
         return await waiter.future
+
+    def _forget_recent(self, channel: str, recent: _Recent) -> None:
+        if self._recent.get(channel) is recent:
+            del self._recent[channel]
 
     def _queue(self, channel: str, waiter: _Waiter) -> None:
         queued = self._queued.get(channel)
@@ -120,6 +157,10 @@ class HistoryCoalescer:
                     waiter.future.set_exception(exc)
         else:
             self._inflight.pop(channel, None)
+            if read.after >= 0:
+                loop = asyncio.get_running_loop()
+                recent = self._recent[channel] = _Recent(read.after, epoch, top, now_ns, publications, loop.time())
+                loop.call_later(RECENT_S, self._forget_recent, channel, recent)
             for waiter in read.waiters:
                 if waiter.future.done():
                     continue

@@ -47,7 +47,9 @@ def serve_parser() -> argparse.ArgumentParser:
     for name, spec in SETTINGS.items():
         flag = "--" + name.replace("_", "-")
         help_text = f"{spec.help} (default: {_default_text(name, spec)})"
-        if spec.choices is not None:
+        if spec.kind is list:  # repeatable: each use adds one item
+            parser.add_argument(flag, action="append", metavar=spec.metavar, help=help_text)
+        elif spec.choices is not None:
             parser.add_argument(flag, choices=spec.choices, help=help_text, type=str.lower)
         else:
             parser.add_argument(flag, type=_flag_type(name, spec), metavar=spec.metavar, help=help_text)

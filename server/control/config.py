@@ -104,6 +104,13 @@ class Config:
     history_size: int = setting(100, int, "messages kept per channel for resume")
     history_ttl: float = setting(300.0, float, "seconds a message stays available for resume")
     log_level: str = setting("info", str, "log level", choices=("debug", "info", "warning", "error"))
+    # TOML: [cluster] redis = [...], timeout = 2.0 (or cluster = [...], cluster_timeout at the top level).
+    cluster: list[str] = setting(
+        list, list, "Redis shared by every host: redis://[user:password@]host:port[/db], rediss://... (TLS); "
+        "repeat for independent instances (channels spread by a consistent hash), or one "
+        "redis+cluster://host:port[,host:port...] for a Redis Cluster", metavar="URL", default_text="off: one host",
+    )  # fmt: skip
+    cluster_timeout: float = setting(2.0, float, "seconds Redis has to answer before a publish or sub fails")
 
     def validate(self) -> None:
         """Raise ConfigError for the first invalid setting."""
@@ -147,7 +154,14 @@ class Config:
                 raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value}")
         if self.history_size < 0:
             raise ConfigError(f"history_size must be >= 0, got {self.history_size}")
-        for name in ("stop_timeout", "worker_timeout", "slow_reader_timeout"):
+        if self.cluster:
+            from wsd.server.cluster.urls import parse_cluster_urls
+
+            try:
+                parse_cluster_urls(self.cluster)
+            except ValueError as exc:
+                raise ConfigError(f"cluster: {exc}") from None
+        for name in ("stop_timeout", "worker_timeout", "slow_reader_timeout", "cluster_timeout"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
@@ -169,6 +183,12 @@ def check_value(name: str, value: Any) -> Any:
             return spec.parse(value)
         except ValueError as exc:
             raise ConfigError(f"{name} {exc}") from None
+    if spec.kind is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{name} must be a list of strings, got {type(value).__name__} {value!r}")
+        return list(value)
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
@@ -181,7 +201,10 @@ def check_value(name: str, value: Any) -> Any:
 
 
 def _kind_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}[kind]
+
+
+_CLUSTER_TABLE = {"redis": "cluster", "timeout": "cluster_timeout"}
 
 
 def load_toml(path: str) -> dict:
@@ -199,7 +222,16 @@ def load_toml(path: str) -> dict:
     serve = data.pop("serve", {})
     if not isinstance(serve, dict):
         raise ConfigError(f"config file {path}: 'serve' must be a table ([serve]), got {type(serve).__name__}")
+    # [cluster] redis = [...], timeout = S: the settings cluster and cluster_timeout.
+    cluster = data.pop("cluster", None)
     settings = dict(serve)
+    if isinstance(cluster, dict):
+        for key, value in cluster.items():
+            if key not in _CLUSTER_TABLE:
+                raise ConfigError(f"config file {path}: unknown setting {key!r} in [cluster]; known: redis, timeout")
+            settings[_CLUSTER_TABLE[key]] = value
+    elif cluster is not None:
+        settings["cluster"] = cluster
     settings.update(data)
     normalized = {}
     for key, value in settings.items():

@@ -103,7 +103,30 @@ def render_status(result: object) -> str:
         row = [column.cell(totals) if column.field in SUMMED else "" for column in STATUS_COLUMNS]
         rows.append(["total", *row[1:]])
     lines.extend(_table(header, rows, left_aligned))
+    cluster = result.get("cluster")
+    if isinstance(cluster, dict):
+        lines.extend(render_cluster(cluster))
     return "\n".join(lines)
+
+
+def render_cluster(cluster: dict) -> list[str]:
+    """The `cluster` part of a status (with --cluster): one line for the host, a row per Redis."""
+    lines = [
+        "",
+        f"cluster node {_text(cluster.get('node_id'))} ({_text(cluster.get('mode'))}): {_text(cluster.get('state'))}, "
+        f"{_text(cluster.get('channels'))} channels subscribed, {_text(cluster.get('catch_ups'))} catch-ups, "
+        f"{_text(cluster.get('gaps'))} gaps",
+    ]
+    rows = []
+    for shard in cluster.get("shards") or []:
+        if isinstance(shard, dict):
+            rtt = shard.get("publish_rtt_ms")
+            rows.append([_text(shard.get("url")), _text(shard.get("state")), _text(shard.get("channels")),
+                         "-" if not _is_number(rtt) else f"{rtt:.2f} ms", _text(shard.get("catch_ups")),
+                         _text(shard.get("error")) or "-"])  # fmt: skip
+    lines.extend(_table(["REDIS", "STATE", "CHANNELS", "PUBLISH RTT", "CATCH-UPS", "ERROR"], rows,
+                        {"REDIS", "STATE", "ERROR"}))  # fmt: skip
+    return lines
 
 
 def render_publish(result: object) -> str:

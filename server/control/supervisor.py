@@ -32,6 +32,7 @@ import psutil
 
 from wsd.server.bus.doorbell import bind_doorbell
 from wsd.server.bus.segment import MAX_SLOTS, Segment, SegmentLayout, segment_path
+from wsd.server.cluster.host import make_status_dir, merge, read_statuses, remove_status_dir
 from wsd.server.control.admin import AdminCommandError, AdminServer
 from wsd.server.control.config import (
     Config,
@@ -87,6 +88,9 @@ class Supervisor:
         self.exit_code = 0
         self.admin: AdminServer | None = None
         self.reload = RollingReload(self.slots, self._spawn_standby, self._serving, self._hand_over)
+        # --cluster: one node id per run for all the host's workers, and where they report their state.
+        self.cluster_node_id = _new_node_id() if config.cluster else None
+        self.cluster_status_dir: str | None = None
 
     # -- set-up --
 
@@ -108,6 +112,8 @@ class Supervisor:
             },
         )
         _remove_stale_segments()
+        if config.cluster:
+            self.cluster_status_dir = make_status_dir(self.run_id)
         layout = SegmentLayout(config.ring_size, config.channel_table_slots)
         for bus_slot in range(2 * self.workers):
             path = segment_path(self.run_id, bus_slot)
@@ -440,6 +446,8 @@ class Supervisor:
             "api_fd": slot.api_socket.fileno(),
             "bell_fd": self.doorbells[bus_slot].fileno(),
             "segments": [segment.path for segment in self.segments],
+            "cluster_node_id": self.cluster_node_id,
+            "cluster_status_dir": self.cluster_status_dir,
         }
         self.segments[bus_slot].set_role_to_take(None)
         self.segments[bus_slot].set_drain_window_s(None)
@@ -457,6 +465,7 @@ class Supervisor:
 
     def cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
+        remove_status_dir(self.cluster_status_dir)
         if self.admin is not None:
             self.admin.close()
         for segment in self.segments:
@@ -490,7 +499,17 @@ class Supervisor:
             },
             "workers": workers,
             "totals": totals(workers),
+            **self._cluster_status(),
         }
+
+    def _cluster_status(self) -> dict:
+        """`cluster`: the host's Redis state merged from its processes' reports (with --cluster)."""
+        if self.cluster_status_dir is None:
+            return {}
+        processes = self.live_processes()
+        statuses = read_statuses(self.cluster_status_dir, [p.bus_slot for p in processes],
+                                 {p.bus_slot: p.pid for p in processes})  # fmt: skip
+        return {"cluster": merge(self.cluster_node_id, statuses)}
 
     def cmd_publish(self, args: dict) -> dict:
         channel, data = args.get("channel"), args.get("message")
@@ -536,3 +555,9 @@ def _remove_stale_segments() -> None:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+def _new_node_id() -> str:
+    from wsd.server.cluster.client import new_node_id  # imports redis: only with --cluster
+
+    return new_node_id()

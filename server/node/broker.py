@@ -51,6 +51,11 @@ class Broker(Protocol):
     constructor: one per message of a channel with interest, then `deliveries_done()` once a batch
     is through (so the hub writes each subscriber once per batch)."""
 
+    def unavailable(self, channel: str) -> BrokerError | None:
+        """Why a new subscription to `channel` cannot be taken now (code `unavailable`: a
+        cluster's Redis is down), or None. Asked for every new subscription, not only the first."""
+        ...
+
     def publish(self, channel: str, data_json: bytes) -> Pending[int]:
         """Publish `data_json` on `channel`; its offset. Raises (or resolves to) BrokerError."""
         ...

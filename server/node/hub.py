@@ -18,6 +18,9 @@ from typing import Any
 
 from wsd.ext.frames import msg_frame, write_frame_to_all
 
+# The offset a held subscriber's kept `gap` notice carries (no message has it).
+GAP_NOTICE = -1
+
 
 class Hub:
     def __init__(self, write_buffer_limit: int, on_slow: Callable[[Any], None]):
@@ -94,6 +97,20 @@ class Hub:
         else:
             queued.append(frame)
         self.deliveries += len(members)
+        return len(members)
+
+    def fan_out_notice(self, chan_hash: int, frame: bytes) -> int:
+        """Queue a frame that is not a message (a `gap`) for the channel's subscribers, in order
+        with its messages. A held subscriber keeps it with offset GAP_NOTICE: what follows it
+        continues after it, whatever the offsets (see Node._answer)."""
+        members = self.by_channel.get(chan_hash)
+        if not members:
+            return 0
+        if chan_hash in self.held_channels:
+            for (held_hash, _transport), kept in self.held.items():
+                if held_hash == chan_hash:
+                    kept.append((GAP_NOTICE, frame))
+        self.queued.setdefault(chan_hash, []).append(frame)
         return len(members)
 
     def flush(self) -> None:

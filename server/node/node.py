@@ -19,11 +19,11 @@ from typing import Any
 
 from picows import WSCloseCode
 
-from wsd.ext.frames import msg_frame
+from wsd.ext.frames import msg_frame, text_frame
 from wsd.ext.hashing import channel_hash
 from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import Broker, BrokerError, Pending, StreamPosition
-from wsd.server.node.hub import Hub
+from wsd.server.node.hub import GAP_NOTICE, Hub
 from wsd.server.node.slow_readers import SlowReaders
 from wsd.server.protocol import (
     PUBLISH_FAILED,
@@ -32,6 +32,7 @@ from wsd.server.protocol import (
     Publish,
     Subscribe,
     err_reply,
+    gap_notice,
     ok_reply,
 )
 
@@ -72,6 +73,11 @@ class Node:
     def deliver(self, chan_hash: int, channel: bytes, epoch: int, offset: int, data: bytes, ts_ns: int) -> None:
         self.hub.fan_out(chan_hash, channel, offset, data)
 
+    def deliver_gap(self, channel: bytes, epoch: int, offset: int) -> None:
+        """The broker lost the channel's messages up to (epoch, offset): tell its subscribers, in
+        order with its messages (`{"op":"gap",...}`); deliveries continue after `offset`."""
+        self.hub.fan_out_notice(channel_hash(channel), text_frame(gap_notice(channel.decode(), offset, epoch)))
+
     def deliveries_done(self) -> None:
         self.hub.flush()
 
@@ -98,6 +104,11 @@ class Node:
             session.forget_channel(channel)
             message = f"this server holds its maximum of {self.max_worker_subscriptions} subscriptions per worker"
             session.send_text(err_reply(request.id, TOO_MANY_SUBSCRIPTIONS, message))
+            return
+        refusal = self.broker.unavailable(channel)
+        if refusal is not None:  # the bus cannot take subscriptions now (a cluster's Redis is down)
+            session.forget_channel(channel)
+            session.send_text(err_reply(request.id, refusal.code, str(refusal)))
             return
         self.subscriptions += 1
         name = channel.encode()
@@ -187,8 +198,13 @@ class Node:
         if missed:
             name = request.channel.encode()
             frames = [msg_frame(name, offset, data) for offset, data in missed]
-        # Live messages that arrived while we waited: only those after what the session was told.
-        frames.extend(frame for offset, frame in kept if offset > last)
+        # Live messages that arrived while we waited: only those after what the session was told;
+        # after a gap notice, everything (the offsets continue after the gap's).
+        after_gap = False
+        for offset, frame in kept:
+            if after_gap or offset == GAP_NOTICE or offset > last:
+                frames.append(frame)
+                after_gap = after_gap or offset == GAP_NOTICE
         if frames:
             self.hub.write_to(session, b"".join(frames))
 

@@ -156,7 +156,8 @@ export function connect(url, options = {}) {
  *   (inclusive, in epoch `epoch`) are lost for good; refetch the channel's state from the app.
  *   `reason`: `"history"` (the server no longer has them), `"epoch"` (the server lost the channel's
  *   history, offsets restarted; also anything after `previousOff` in `previousEpoch` is lost),
- *   `"hole"` (a delivery skipped offsets).
+ *   `"hole"` (a delivery skipped offsets). Also raised for the server's `{"op":"gap",...}` (with
+ *   `--cluster`, Redis lost the channel's messages): `from`…`to` are lost, deliveries continue after `to`.
  * - `authenticated` `{sub, exp, ttl, refresh}` — the server accepted the token (`refresh`: a
  *   refreshed one on the open connection).
  * - `unauthorized` `{code, msg, id}` — the server refused a token (the first one: it then closes
@@ -686,10 +687,11 @@ export class WsdClient extends EventTarget {
     } catch {
       return;
     }
-    if (message.op === "msg") {
+    if (message.op === "msg" || message.op === "gap") {
       const subscription = this._subscriptions.get(message.ch);
       if (!subscription) return;
       if (subscription.pending) subscription.early.push(message);
+      else if (message.op === "gap") this._lost(subscription, message);
       else this._deliver(subscription, message);
     } else if (message.op === "ok" || message.op === "err") {
       const request = this._pending.get(message.id);
@@ -747,11 +749,35 @@ export class WsdClient extends EventTarget {
       subscription.settled = true;
       subscription.resolve({ channel: subscription.channel, off: reply.off, epoch: reply.epoch });
     }
-    for (const message of subscription.early.splice(0)) this._deliver(subscription, message);
+    for (const message of subscription.early.splice(0)) {
+      if (message.op === "gap") this._lost(subscription, message);
+      else this._deliver(subscription, message);
+    }
     if (this._resuming?.has(subscription.channel)) {
       this._resuming.set(subscription.channel, detail);
       this._maybeResumed();
     }
+  }
+
+  /** The server says the channel's messages up to `off` of `epoch` are lost (its cross-host bus lost
+   * them): a gap event, and deliveries continue after `off`. */
+  _lost(subscription, message) {
+    if (typeof message.off !== "number" || typeof message.epoch !== "number") return;
+    const previousOff = subscription.last;
+    const previousEpoch = subscription.epoch;
+    const epochChanged = message.epoch !== previousEpoch;
+    if (!epochChanged && message.off <= previousOff) return; // nothing this client had not seen
+    this._dispatch("gap", {
+      channel: subscription.channel,
+      reason: epochChanged ? "epoch" : "history",
+      from: epochChanged ? 1 : previousOff + 1,
+      to: message.off,
+      epoch: message.epoch,
+      previousOff,
+      previousEpoch,
+    });
+    subscription.epoch = message.epoch;
+    subscription.last = message.off;
   }
 
   _deliver(subscription, message) {

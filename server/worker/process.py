@@ -54,6 +54,8 @@ class Worker:
         self.config = Config(**spec["config"])
         self.connection_limit: int = spec["connection_limit"]
         self.run_id: str = spec["run_id"]
+        self.cluster_node_id: str | None = spec.get("cluster_node_id")
+        self.cluster_status_dir: str | None = spec.get("cluster_status_dir")
         self.ws_socket = socket.socket(fileno=spec["ws_fd"])
         self.api_socket = socket.socket(fileno=spec["api_fd"])
         self.bell_socket = socket.socket(fileno=spec["bell_fd"])
@@ -77,15 +79,24 @@ class Worker:
 
     async def run(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
-        self.broker = ShmBroker(
+        broker_arguments = (
             loop, self.bus_slot, self.segments, self.bell_socket, self.run_id, self.role,
             self.node.deliver, self.node.deliveries_done, self.config.history_size, self.config.history_ttl,
         )  # fmt: skip
+        if self.config.cluster:  # the cross-host bus on Redis (wsd.server.cluster)
+            from wsd.server.cluster.broker import cluster_broker
+
+            self.broker = cluster_broker(broker_arguments, self.config, self.node, self.cluster_node_id,
+                                         self.cluster_status_dir)  # fmt: skip
+        else:
+            self.broker = ShmBroker(*broker_arguments)
         self.node.broker = self.broker
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGTERM, self._on_drain_signal, False)
         loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
         loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
+        if self.config.cluster:
+            await self.broker.connect()  # at most --cluster-timeout; serves meanwhile either way
         routes = WebSocketRoutes(
             self.slot, self.counters, self._new_session, self._refusing_sessions,
             lambda: not self.accept.accepting and not self.accept.closed, lambda: self.stopping,
