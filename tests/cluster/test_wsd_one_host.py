@@ -98,11 +98,12 @@ def test_every_message_reaches_every_subscriber_of_the_host_once_in_redis_offset
                 sent.append(body["offset"])
 
         await asyncio.gather(*(publish_ws(c, i) for i, c in enumerate(publishers)), publish_api())
-        assert sorted(sent) == list(range(1, 121))  # Redis's offsets: global, no hole
-        await wait_for(lambda: all(len(s.offsets(channel)) >= 120 for s in subscribers), 10, "every delivery")
+        total = 40 * (len(publishers) + 1)
+        assert sorted(sent) == list(range(1, total + 1))  # Redis's offsets: global, no hole
+        await wait_for(lambda: all(len(s.offsets(channel)) >= total for s in subscribers), 10, "every delivery")
         reference = subscribers[0].received[channel]
         for subscriber in subscribers:
-            assert subscriber.offsets(channel) == list(range(1, 121))
+            assert subscriber.offsets(channel) == list(range(1, total + 1))
             assert subscriber.received[channel] == reference  # the same messages in the same order everywhere
         assert numsub(redis_server, channel) == 1  # one Redis subscription for the host, not per worker
         await close_all(subscribers + publishers)
