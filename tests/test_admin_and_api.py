@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -135,3 +136,35 @@ def test_healthz_and_demo_page(wsd_factory):
     status, body = wsd.http_get("/")
     assert status == 200 and b"<html" in body.lower()
     assert wsd.http_get("/no-such-page")[0] == 404
+
+
+def _http_on(sock, path: str) -> int:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_api_connections_are_capped_and_idle_ones_closed(wsd_factory):
+    import socket
+
+    wsd = wsd_factory("--api-max-connections", "2", "--api-idle-timeout", "1", workers=2)  # 1 per worker
+    held, statuses = [], []
+    for _ in range(6):
+        sock = socket.create_connection(("127.0.0.1", wsd.api_port), timeout=5)
+        statuses.append(_http_on(sock, "/healthz"))
+        held.append(sock)
+    assert 1 <= statuses.count(200) <= 2 and statuses.count(503) >= 4, statuses
+    for sock in held:
+        sock.close()
+    sock = socket.create_connection(("127.0.0.1", wsd.api_port), timeout=5)
+    assert _http_on(sock, "/healthz") in (200, 503)
+    sock.settimeout(5)
+    started = time.monotonic()
+    assert sock.recv(1) == b""  # the idle keep-alive connection is closed by the server
+    assert time.monotonic() - started < 4
+    sock.close()

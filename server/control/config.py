@@ -66,6 +66,10 @@ class Config:
     port: int = setting(8080, int, "port for WebSocket clients (also /healthz and the demo page)")
     api_host: str = setting("127.0.0.1", str, "address of the publish API")
     api_port: int = setting(8081, int, "port of the publish API")
+    api_idle_timeout: float = setting(60.0, float, "seconds a kept-alive publish API connection may stay idle")
+    api_max_connections: int = setting(
+        1000, int, "publish API connections the whole server holds at once (more: 503); they count against descriptors"
+    )
     workers: int | str = setting(
         lambda: os.cpu_count() or 1, int, "worker processes, or 'auto': enough for --max-connections",
         parse=_workers, default_text="number of cores",
@@ -124,6 +128,10 @@ class Config:
             raise ConfigError(f"max_connections must be positive, got {self.max_connections}")
         if self.max_message_size < 128:
             raise ConfigError(f"max_message_size must be at least 128 bytes, got {self.max_message_size}")
+        if self.api_max_connections < 1:
+            raise ConfigError(f"api_max_connections must be positive, got {self.api_max_connections}")
+        if not 0 < self.api_idle_timeout < math.inf:
+            raise ConfigError(f"api_idle_timeout must be a finite number of seconds > 0, got {self.api_idle_timeout}")
         if self.max_subscriptions < 1:
             raise ConfigError(f"max_subscriptions must be positive, got {self.max_subscriptions}")
         if self.write_buffer_limit < 1:
@@ -280,15 +288,24 @@ def resolve_worker_count(config: Config) -> int:
         return int(config.workers)
     if config.max_connections is None:
         return cores
-    return max(cores, math.ceil(config.max_connections / connections_per_worker_cap()))
+    workers = max(cores, math.ceil(config.max_connections / connections_per_worker_cap()))
+    # Each worker's publish API connections come out of its descriptors too.
+    while workers * per_worker_connection_limit(config, workers) < config.max_connections:
+        workers += 1
+    return workers
 
 
 def per_worker_connection_limit(config: Config, workers: int) -> int:
-    """A worker stops accepting at this many connections (before it runs out of descriptors)."""
-    cap = connections_per_worker_cap()
+    """A worker stops accepting at this many connections (before it runs out of descriptors: its
+    publish API connections come out of the same budget)."""
+    cap = max(1, connections_per_worker_cap() - per_worker_api_connection_limit(config, workers))
     if config.max_connections is None:
         return cap
     return min(cap, math.ceil(config.max_connections / workers))
+
+
+def per_worker_api_connection_limit(config: Config, workers: int) -> int:
+    return math.ceil(config.api_max_connections / workers)
 
 
 def admin_socket_path(config: Config) -> str:

@@ -39,6 +39,7 @@ from wsd.server.control.config import (
     ConfigError,
     build_config,
     load_toml,
+    per_worker_api_connection_limit,
     per_worker_connection_limit,
     resolve_worker_count,
 )
@@ -442,6 +443,7 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "config": self.config.to_dict(),
             "connection_limit": self.connection_limit,
+            "api_connection_limit": per_worker_api_connection_limit(self.config, self.workers),
             "ws_fd": slot.ws_socket.fileno(),
             "api_fd": slot.api_socket.fileno(),
             "bell_fd": self.doorbells[bus_slot].fileno(),

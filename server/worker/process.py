@@ -53,6 +53,7 @@ class Worker:
         self.role: int | None = spec["role"]
         self.config = Config(**spec["config"])
         self.connection_limit: int = spec["connection_limit"]
+        self.api_connection_limit: int = spec["api_connection_limit"]
         self.run_id: str = spec["run_id"]
         self.cluster_node_id: str | None = spec.get("cluster_node_id")
         self.cluster_status_dir: str | None = spec.get("cluster_status_dir")
@@ -107,10 +108,11 @@ class Worker:
             self.connection_limit,
         )  # fmt: skip
         await self.accept.start()
-        api_factory = make_api_protocol_factory(
-            ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size()
-        )
-        self.api_server = await start_api_server(loop, self.api_socket, api_factory)
+        self.api_factory = make_api_protocol_factory(
+            ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size(),
+            idle_timeout=self.config.api_idle_timeout, max_connections=self.api_connection_limit,
+        )  # fmt: skip
+        self.api_server = await start_api_server(loop, self.api_socket, self.api_factory)
         self.stopped = loop.create_future()
         self.broker.start()
         Periodic(loop, STATS_EVERY_S, self._write_stats, "stats").start()
@@ -191,7 +193,7 @@ class Worker:
         self.sessions.add(session)
         if self.drain is not None:
             self.drain.add(session)
-        self.accept.connections_changed(len(self.sessions))
+        self.accept.connections_changed(self._descriptors_in_use())
 
     def _session_closing(self, session: ClientSession) -> None:
         self.closing[session] = time.monotonic() + CLOSE_TIMEOUT_S
@@ -200,7 +202,11 @@ class Worker:
         self.sessions.discard(session)
         self.closing.pop(session, None)
         if not self.stopping:
-            self.accept.connections_changed(len(self.sessions))
+            self.accept.connections_changed(self._descriptors_in_use())
+
+    def _descriptors_in_use(self) -> int:
+        """Client sessions and API connections: both take descriptors out of the same budget."""
+        return len(self.sessions) + self.api_factory.open_connections
 
     def _server_clients(self) -> int:
         """Clients still connected to the whole server (a front removes a drained node at 0)."""
@@ -257,25 +263,36 @@ class Worker:
 
 
 class ApiPublisher:
-    """The publish API's view of the node: publishes with the API's error type."""
+    """The publish API's view of the node: the same publish path, with the API's error type."""
 
     def __init__(self, node: Node):
         self.node = node
 
-    def start_publish(self, channel: str, data_json: bytes) -> int | asyncio.Future:
+    def publish(self, channel: str, data_json: bytes) -> int | asyncio.Future:
         try:
-            return self.node.publish(channel, data_json)
+            outcome = self.node.publish(channel, data_json)
         except BrokerError as exc:
             raise PublishError(exc.status, str(exc)) from None
-
-    async def publish(self, channel: str, data_json: bytes) -> int:
-        outcome = self.start_publish(channel, data_json)
         if isinstance(outcome, int):
             return outcome
-        try:
-            return await outcome
-        except BrokerError as exc:
-            raise PublishError(exc.status, str(exc)) from None
+        answer = asyncio.get_running_loop().create_future()
+        outcome.add_done_callback(lambda done: _settle_as_api(done, answer))
+        return answer
+
+
+def _settle_as_api(done: asyncio.Future, answer: asyncio.Future) -> None:
+    if answer.done():
+        return
+    if done.cancelled():
+        answer.set_exception(PublishError(503, "publish cancelled"))
+        return
+    exc = done.exception()
+    if exc is None:
+        answer.set_result(done.result())
+    elif isinstance(exc, BrokerError):
+        answer.set_exception(PublishError(exc.status, str(exc)))
+    else:
+        answer.set_exception(exc)
 
 
 def _stop_when_the_supervisor_dies(supervisor_pid: int) -> None:
