@@ -285,8 +285,8 @@ def test_a_rolling_reload_loses_no_message_for_resuming_clients(redis_server, tm
             for channel in channels:
                 await wait_for(lambda c=client, ch=channel: (c.offsets(ch) or [0])[-1] >= publisher.last[ch], 10,
                                f"{channel} to catch up")  # fmt: skip
-                assert client.problems(channel) == [], (channel, client.received[channel])
-                assert not [e for e in client.received[channel] if e[0] == "gap"]
+                assert client.problems(channel) == [], (channel, client.received(channel))
+                assert not [e for e in client.received(channel) if e[0] == "gap"]
             await client.stop()
         assert sum(client.reconnects for client in clients) >= len(clients)  # every one was moved once at least
         assert publisher.failures == 0

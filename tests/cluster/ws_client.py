@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,88 +113,93 @@ def check_sequence(entries: list[tuple], first: int) -> list[str]:
 
 class ResumingClient:
     """A client that, like wsd.js, reconnects when its connection closes and resubscribes each of
-    its channels with `since` = the last offset it saw; `received` holds everything of every
-    connection, per channel, so the whole sequence can be checked across reconnections."""
+    its channels with `since` = the last offset it saw. `received(channel)` is everything of every
+    connection, in order (a `sub` answered `recovered:false` counts as a gap), so the whole
+    sequence can be checked across reconnections."""
 
-    def __init__(self, connect_url, channels: list[str]):
-        # connect_url(): awaitable Client (a fresh connection, e.g. through a namespace)
-        self.connect_url = connect_url
+    def __init__(self, connect, channels: list[str], reconnect_delay=lambda: 0.05):
+        self.connect = connect  # connect(): awaitable Client (a fresh connection, e.g. through a namespace)
+        self.reconnect_delay = reconnect_delay  # seconds before the next attempt (wsd.js: full jitter)
         self.channels = channels
-        self.received: dict[str, list[tuple]] = {channel: [] for channel in channels}
-        self.positions: dict[str, tuple[int, int]] = {}
+        self.connections: list[Client] = []
+        # channel -> (connection index, ("start" | "gap", off, epoch)): where a connection's `sub` began
+        # the channel's sequence (the first one) or was not recovered (a gap)
+        self.markers: dict[str, list[tuple[int, tuple]]] = {}
         self.first: dict[str, int] = {}  # the first offset expected on each channel
-        self.reconnects = 0
+        self.handshake_failures: list[tuple[float, str]] = []  # (time.time(), what)
+        self.other_failures: list[str] = []
         self.replies: list[dict] = []
-        self.failures: list[str] = []
         self._stop = False
         self._task: asyncio.Task | None = None
-        self._connected = asyncio.Event()
-        self.client: Client | None = None
+        self._subscribed = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 30) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
-        await asyncio.wait_for(self._connected.wait(), 20)
+        await asyncio.wait_for(self._subscribed.wait(), timeout)
+
+    @property
+    def reconnects(self) -> int:
+        return max(len(self.connections) - 1, 0)
+
+    def received(self, channel: str) -> list[tuple]:
+        entries: list[tuple] = []
+        gaps = dict(self.markers.get(channel, []))
+        for index, client in enumerate(self.connections):
+            if index in gaps:
+                entries.append(gaps[index])
+            entries.extend(client.received.get(channel, []))
+        return entries
+
+    def position(self, channel: str) -> tuple[int, int] | None:
+        """(last offset seen, its epoch) over every connection, None before the first `ok`."""
+        position = None
+        for entry in self.received(channel):
+            if entry[0] == "gap" or entry[0] == "start":
+                position = (entry[1], entry[2])
+            elif position is not None:
+                position = (entry[1], position[1])
+        return position
+
+    def offsets(self, channel: str) -> list[int]:
+        return [entry[1] for entry in self.received(channel) if entry[0] == "msg"]
+
+    def problems(self, channel: str) -> list[str]:
+        entries = [entry for entry in self.received(channel) if entry[0] != "start"]
+        return check_sequence(entries, self.first.get(channel, 1))
 
     async def _run(self) -> None:
         while not self._stop:
             try:
-                client = await self.connect_url()
-            except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - a failed handshake: retry
-                self.failures.append(repr(exc))
-                await asyncio.sleep(0.2)
+                client = await self.connect()
+            except Exception as exc:  # noqa: BLE001 - a failed handshake: counted, and retried
+                self.handshake_failures.append((time.time(), repr(exc)))
+                await asyncio.sleep(self.reconnect_delay())
                 continue
-            self.client = client
+            index = len(self.connections)
+            self.connections.append(client)
             try:
                 for channel in self.channels:
-                    since = self.positions.get(channel)
+                    since = self.position(channel)
                     reply = await client.sub(channel, since=since)
                     self.replies.append(reply)
                     if reply["op"] != "ok":
                         raise RuntimeError(f"sub {channel}: {reply}")
                     if since is None:
-                        self.positions[channel] = (reply["off"], reply["epoch"])
                         self.first[channel] = reply["off"] + 1
-                    elif not reply.get("recovered"):
-                        self.received[channel].append(("gap", reply["off"], reply["epoch"]))
-                        self.positions[channel] = (reply["off"], reply["epoch"])
-                self._connected.set()
-                while not client.closed and not self._stop:
-                    self._collect(client)
-                    await asyncio.sleep(0.02)
-                self._collect(client)
+                    if since is None or not reply.get("recovered"):
+                        marker = ("start" if since is None else "gap", reply["off"], reply["epoch"])
+                        self.markers.setdefault(channel, []).append((index, marker))
+                self._subscribed.set()
+                await asyncio.gather(client._reader, return_exceptions=True)
             except (ConnectionClosed, RuntimeError, TimeoutError, OSError) as exc:
-                self.failures.append(repr(exc))
-                self._collect(client)
+                self.other_failures.append(repr(exc))
+            await client.close()
             if not self._stop:
-                self.reconnects += 1
-                await client.close()
-                await asyncio.sleep(0.05)
-
-    def _collect(self, client: Client) -> None:
-        """Move what the connection received into the whole record, tracking each position."""
-        for channel, entries in client.received.items():
-            if channel not in self.received:
-                continue
-            taken = entries[:]
-            del entries[: len(taken)]
-            for entry in taken:
-                self.received[channel].append(entry)
-                off, epoch = self.positions.get(channel, (0, 0))
-                if entry[0] == "gap":
-                    self.positions[channel] = (entry[1], entry[2])
-                elif entry[1] > off:
-                    self.positions[channel] = (entry[1], epoch)
-
-    def offsets(self, channel: str) -> list[int]:
-        return [entry[1] for entry in self.received[channel] if entry[0] == "msg"]
-
-    def problems(self, channel: str) -> list[str]:
-        return check_sequence(self.received[channel], self.first.get(channel, 1))
+                await asyncio.sleep(self.reconnect_delay())
 
     async def stop(self) -> None:
         self._stop = True
+        if self.connections:
+            await self.connections[-1].close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.client is not None:
-            self._collect(self.client)
-            await self.client.close()
