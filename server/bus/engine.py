@@ -6,8 +6,13 @@ Two kinds of identity:
     twice as many bus slots as workers, so during a rolling reload a new process can join while
     the one it replaces still drains its clients.
   * a *role* r (0 <= r < workers) is the right to sequence the channels with
-    `channel_hash % workers == r`. Exactly one process holds a role at a time; the role's channel
-    table and read cursors live in segment r, so the next holder continues where the last stopped.
+    `h1 % workers == r`. Exactly one process holds a role at a time; the role's channel table and
+    read cursors live in segment r, so the next holder continues where the last stopped.
+
+A channel is its name. Its keyed hashes (h1, h2; wsd.ext.hashing, with the server's secret) only
+find things: h1 picks the role, the interest bucket and the table's probe start and is written in
+records; the table, which holds no names, tells names apart by (h1, h2); everything else that
+reads a record compares the name.
 
 The rules:
   * the holder of a channel's role gives it offsets 1, 2, 3... and appends each message to its
@@ -16,7 +21,12 @@ The rules:
   * every engine reads every ring in order and delivers only the channels it tracks (has local
     subscribers for), once, in offset order;
   * a process marks the channels it tracks in its interest map; a holder rings a process's
-    doorbell only for messages it may want, or to acknowledge its publish request.
+    doorbell only for messages it may want, or to acknowledge its publish request;
+  * when the role's table is full, the holder forgets the least recently used channel whose
+    interest bucket no process marks (so no process subscribes to it); it comes back in a new
+    epoch, its history gone;
+  * a new holder repairs the table first (a predecessor killed mid-write), then replays the rings
+    from the persisted cursors, and never sequences again a request its predecessor had.
 
 Free of sockets and event loops except through callbacks, so the ordering rules can be tested with
 several engines in one process.
@@ -31,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wsd.ext.atomics import fence
-from wsd.ext.chantable import TableFullError
-from wsd.ext.hashing import channel_hash
+from wsd.ext.chantable import ChannelTable, TableFullError
+from wsd.ext.hashing import ChannelHasher
 from wsd.ext.record import (
     MSG_HEADER_SIZE,
     TAG_MSG,
@@ -52,11 +62,16 @@ NO_POSITION = (1 << 64) - 1
 NO_SLOT = 0xFFFF
 _POSITION_BITS = 56  # a chain position is (bus slot << 56) | position in that slot's ring
 _POSITION_MASK = (1 << _POSITION_BITS) - 1
+# Least recently used channels looked at for one that can be forgotten, before a publish to a new
+# channel fails: channels found in use move to the back, so the next search looks at others.
+EVICTION_CANDIDATES = 64
 
 # deliver(chan_hash, channel, epoch, offset, data_json, ts_ns)
 DeliverCallback = Callable[[int, bytes, int, int, bytes, int], None]
 # acknowledge(token, offset)
 AckCallback = Callable[[int, int], None]
+# hash(name) -> (h1, h2)
+Hasher = Callable[[bytes], tuple[int, int]]
 
 
 class BusError(RuntimeError):
@@ -65,6 +80,7 @@ class BusError(RuntimeError):
 
 class MessageTooLarge(BusError):
     """A publish whose message would not fit one ring entry (checked before anything is written)."""
+
 
 # Tags from this one up are other layers' records, handed to on_record (wsd.server.cluster.records).
 FIRST_OTHER_TAG = 16
@@ -80,6 +96,10 @@ class Tracked:
     epoch: int
     offset: int
     refs: int
+    chan_hash: int  # h1
+    # Every ring's commit when tracking began: a message of another epoch from before then is a
+    # left-over of an earlier life of the channel (it was forgotten since), never a new epoch.
+    since: list[int]
 
 
 def chain_position(bus_slot: int, position: int) -> int:
@@ -96,6 +116,7 @@ class BusEngine:
         ring_doorbell: Callable[[int], None],
         role: int | None = None,
         poll_done: Callable[[], None] | None = None,
+        hasher: Hasher | None = None,
     ):
         self.bus_slot = bus_slot
         self.segments = segments
@@ -107,8 +128,11 @@ class BusEngine:
         # Called at the end of every poll(): deliveries made during one poll may be queued by the
         # deliver callback and written out here together (one write per connection, not per message).
         self.poll_done = poll_done
+        # The server's keyed channel hash (a test may pass one that collides on purpose).
+        self.hash: Hasher = hasher or ChannelHasher(segments[0].hash_secret).hash
         self.role: int | None = None
-        self.tracked: dict[int, Tracked] = {}
+        self.tracked: dict[bytes, Tracked] = {}  # by channel name
+        self._tracked_hashes: dict[int, int] = {}  # h1 -> tracked names with it: the cheap filter
         self._bucket_refs: dict[int, int] = {}
         self._buckets = self.own.layout.interest_buckets
         # Tokens carry a random incarnation prefix so acks meant for an earlier process on this
@@ -117,12 +141,16 @@ class BusEngine:
         self._token_counter = 0
         self.pending_tokens: set[int] = set()
         self._to_ring: set[int] = set()
+        # (origin slot, token) of requests a dead predecessor in our role had sequenced after the
+        # cursors it persisted: found in the rings by take_role, skipped when read again.
+        self._sequenced_before: set[tuple[int, int]] = set()
         # A process without a role starts reading at the present: it has no subscribers yet.
         self.cursors = [segment.ring.commit for segment in segments]
         self.overruns = 0
         self.lost_bytes = 0
         self.gaps = 0
         self.bad_entries = 0  # ring entries that could not be handled: skipped, never retried
+        self.evictions = 0  # channels forgotten to make room in our role's table
         # Ring entries of other tags (cluster mode's records): on_record(ring slot, tag, payload),
         # called in ring order while polling; it must not poll itself.
         self.on_record: Callable[[int, int, bytes], None] | None = None
@@ -145,42 +173,98 @@ class BusEngine:
         self.poll()
         self.role = role
         self.cursors = [role_segment.cursor(slot) for slot in range(len(self.segments))]
-        self._repair_role_table()
+        table = role_segment.table
+        torn = table.repair()  # a predecessor killed inside a table write
+        if torn:
+            log.warning("role %d: %d channel-table entries were left half written; restoring them from the rings",
+                        role, len(torn))  # fmt: skip
+        self._sequenced_before = self._replay_role(table, set(torn))
         role_segment.set_role_holder(self.bus_slot)
         fence()
         self.poll()
+        # That poll read every request committed before we took over: none is left to dedupe.
+        self._sequenced_before = set()
 
-    def _repair_role_table(self) -> None:
-        """After a crash between appending a message and updating the table, trust the rings."""
-        table = self.segments[self.role].table
+    def _replay_role(self, table: ChannelTable, torn: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Bring the table up to the rings after the persisted cursors (a crash between appending a
+        message and updating the table, or inside the update), and collect the requests those
+        messages answered."""
+        sequenced: set[tuple[int, int]] = set()
+        restored: set[tuple[int, int]] = set()
         for slot, segment in enumerate(self.segments):
             position = self.cursors[slot]
             while True:
-                entries, position, _lost = segment.ring.read(position, 4096)
-                if not entries:
+                entries, position, lost = segment.ring.read(position, 4096)
+                if not entries and not lost:
                     break
                 for entry_position, tag, payload in entries:
                     if tag != TAG_MSG or self.role_of(peek_msg_chan_hash(payload)) != self.role:
                         continue
-                    msg = decode_msg(payload)
-                    current = table.get(msg.chan_hash)
-                    if current is None or (current[0] == msg.epoch and current[1] < msg.off):
-                        table.put(msg.chan_hash, msg.epoch, msg.off, chain_position(slot, entry_position), msg.ts_ns)
+                    try:
+                        msg = decode_msg(payload)
+                    except ValueError:
+                        continue  # counted when poll() reads it
+                    if msg.origin_slot != NO_SLOT and msg.token:
+                        sequenced.add((msg.origin_slot, msg.token))
+                    key = self.hash(msg.channel)
+                    current = table.get(*key)  # None for a torn key: repair() dropped it
+                    if key in torn:
+                        restored.add(key)
+                    # In ring order the later message wins (another epoch: the channel was forgotten
+                    # and created again), but never an earlier offset of the same epoch.
+                    if current is None or current[0] != msg.epoch or current[1] < msg.off:
+                        table.put(*key, msg.epoch, msg.off, chain_position(slot, entry_position), msg.ts_ns)
+        for key in torn - restored:
+            table.forget(*key)  # its state is lost: it comes back in a new epoch
+        return sequenced
 
-    def _sequence(self, chan_hash: int, channel: bytes, data: bytes, origin: int, token: int, ts_ns: int) -> int:
+    def _sequence(self, h1: int, h2: int, channel: bytes, data: bytes, origin: int, token: int, ts_ns: int) -> int:
         table = self.segments[self.role].table
-        current = table.get(chan_hash)
+        current = table.get(h1, h2)
         if current is None:
-            epoch, last_off, last_pos = self.segments[self.role].epoch, 0, NO_POSITION
+            if len(table) >= table.limit:
+                self._make_room(table)
+            epoch, offset, prev_pos = table.absent_epoch(h1), 1, NO_POSITION
         else:
-            epoch, last_off, last_pos, _ts = current
-        offset = last_off + 1
-        record = encode_msg(epoch, origin, offset, last_pos, ts_ns, token, chan_hash, channel, data)
+            epoch, offset, prev_pos = current[0], current[1] + 1, current[2]
+        return self._append_message(table, h1, h2, channel, data, origin, token, ts_ns, epoch, offset, prev_pos)
+
+    def _append_message(
+        self, table: ChannelTable, h1: int, h2: int, channel: bytes, data: bytes, origin: int, token: int,
+        ts_ns: int, epoch: int, offset: int, prev_pos: int,
+    ) -> int:  # fmt: skip
+        """Append the MSG of a sequenced message and record it as the channel's latest."""
+        record = encode_msg(epoch, origin, offset, prev_pos, ts_ns, token, h1, channel, data)
         position = self.own.ring.append(TAG_MSG, record)
-        table.put(chan_hash, epoch, offset, chain_position(self.bus_slot, position), ts_ns)
+        table.put(h1, h2, epoch, offset, chain_position(self.bus_slot, position), ts_ns)
         if origin != NO_SLOT and origin != self.bus_slot:
             self._to_ring.add(origin)
         return offset
+
+    def _make_room(self, table: ChannelTable) -> None:
+        """Forget the least recently used channel nobody subscribes to (see ChannelTable.forget
+        for why a subscriber racing this is safe)."""
+        # Usually the oldest one will do: look at two first, then at more.
+        for batch in (2, EVICTION_CANDIDATES):
+            for h1, h2 in table.lru_oldest(batch):
+                if not self._interest_anywhere(h1) and table.forget(
+                    h1, h2, lambda h1=h1: not self._interest_anywhere(h1)
+                ):
+                    self.evictions += 1
+                    return
+                table.touch(h1, h2)  # in use: the next search starts with others
+        raise TableFullError(
+            f"channel table full: its {len(table)} channels include no forgettable one among the "
+            f"{EVICTION_CANDIDATES} least recently used (each has subscribers in its interest bucket); "
+            "configure more channel-table slots"
+        )
+
+    def _interest_anywhere(self, chan_hash: int) -> bool:
+        """Whether any process marks the channel's interest bucket (ours included)."""
+        for segment in self.segments:
+            if segment.interest.test(chan_hash):
+                return True
+        return False
 
     def _ring_interested(self, chan_hashes: set[int]) -> None:
         """Wake the processes that may want these channels (after a fence: see subscribe())."""
@@ -223,23 +307,24 @@ class BusEngine:
     def publish(self, channel: str, data_json: bytes) -> tuple[int, int]:
         """Publish; returns (offset, 0) when this process sequences the channel, else (0, token).
 
-        Raises MessageTooLarge (nothing written) if the message cannot travel on the bus."""
+        Raises MessageTooLarge (nothing written) if the message cannot travel on the bus, BusError
+        if the channel table has no room for a new channel."""
         name = channel.encode()
         self._check_size(name, data_json)
-        chan_hash = channel_hash(name)
-        role = self.role_of(chan_hash)
+        h1, h2 = self.hash(name)
+        role = h1 % self.roles
         now = time.time_ns()
         if role == self.role:
             try:
-                offset = self._sequence(chan_hash, name, data_json, NO_SLOT, 0, now)
+                offset = self._sequence(h1, h2, name, data_json, NO_SLOT, 0, now)
             except TableFullError as exc:
                 raise BusError(f"cannot publish to {channel!r}: {exc}") from None
-            self._ring_interested({chan_hash})
+            self._ring_interested({h1})
             return offset, 0
         self._token_counter += 1
         token = self._token_prefix | self._token_counter
         self.pending_tokens.add(token)
-        self.own.ring.append(TAG_PUBREQ, encode_pubreq(role, self.bus_slot, token, now, chan_hash, name, data_json))
+        self.own.ring.append(TAG_PUBREQ, encode_pubreq(role, self.bus_slot, token, now, h1, name, data_json))
         holder = self.segments[role].role_holder()
         if holder is not None:
             self.ring_doorbell(holder)  # with no holder (a hand-over), the next one polls at once
@@ -255,50 +340,54 @@ class BusEngine:
 
         Every message after the returned offset will be delivered. Ordering: mark interest, fence,
         then read the role's table and catch up on the rings. A holder appends, fences, then reads
-        interest; so either it sees our mark and rings us, or our catch-up sees its message.
+        interest; so either it sees our mark and rings us, or our catch-up sees its message. The
+        same mark keeps the holder from forgetting the channel (ChannelTable.forget).
         """
-        chan_hash = channel_hash(channel.encode())
-        tracked = self.tracked.get(chan_hash)
+        name = channel.encode()
+        tracked = self.tracked.get(name)
         if tracked is not None:
             tracked.refs += 1
             return tracked.epoch, tracked.offset
-        bucket = chan_hash % self._buckets
+        h1, h2 = self.hash(name)
+        bucket = h1 % self._buckets
         refs = self._bucket_refs.get(bucket, 0)
         self._bucket_refs[bucket] = refs + 1
         if refs == 0:
-            self.own.interest.mark(chan_hash, True)
+            self.own.interest.mark(h1, True)
         fence()
-        role_segment = self.segments[self.role_of(chan_hash)]
-        current = role_segment.table.get(chan_hash)
-        if current is None:
-            tracked = Tracked(role_segment.epoch, 0, 1)
-        else:
-            tracked = Tracked(current[0], current[1], 1)
-        self.tracked[chan_hash] = tracked
+        epoch, offset, _, _ = self.segments[self.role_of(h1)].table.state(h1, h2)
+        tracked = Tracked(epoch, offset, 1, h1, [segment.ring.commit for segment in self.segments])
+        self.tracked[name] = tracked
+        self._tracked_hashes[h1] = self._tracked_hashes.get(h1, 0) + 1
         self.poll()
         return tracked.epoch, tracked.offset
 
-    def position(self, channel: str) -> tuple[int, int]:
-        """(epoch, last delivered offset) of a channel this process tracks; (0, 0) if it does not."""
-        tracked = self.tracked.get(channel_hash(channel.encode()))
-        return (tracked.epoch, tracked.offset) if tracked is not None else (0, 0)
-
     def unsubscribe(self, channel: str) -> None:
-        chan_hash = channel_hash(channel.encode())
-        tracked = self.tracked.get(chan_hash)
+        name = channel.encode()
+        tracked = self.tracked.get(name)
         if tracked is None:
             return
         tracked.refs -= 1
         if tracked.refs > 0:
             return
-        del self.tracked[chan_hash]
-        bucket = chan_hash % self._buckets
+        del self.tracked[name]
+        h1 = tracked.chan_hash
+        if self._tracked_hashes[h1] > 1:
+            self._tracked_hashes[h1] -= 1
+        else:
+            del self._tracked_hashes[h1]
+        bucket = h1 % self._buckets
         refs = self._bucket_refs[bucket] - 1
         if refs:
             self._bucket_refs[bucket] = refs
         else:
             del self._bucket_refs[bucket]
-            self.own.interest.mark(chan_hash, False)
+            self.own.interest.mark(h1, False)
+
+    def position(self, channel: str) -> tuple[int, int]:
+        """(epoch, last delivered offset) of a tracked channel, (0, 0) for another."""
+        tracked = self.tracked.get(channel.encode())
+        return (tracked.epoch, tracked.offset) if tracked is not None else (0, 0)
 
     # -- history --
 
@@ -307,13 +396,14 @@ class BusEngine:
     ) -> list[tuple[int, bytes]] | None:
         """The messages after..upto (exclusive, inclusive) of a channel, oldest first, or None if
         history no longer reaches back that far (overwritten, over max_count, older than
-        not_before_ns, or another epoch)."""
+        not_before_ns, another epoch, or the channel was forgotten)."""
         if upto - after > max_count or after > upto:
             return None
         if after == upto:
             return []
-        chan_hash = channel_hash(channel.encode())
-        current = self.segments[self.role_of(chan_hash)].table.get(chan_hash)
+        name = channel.encode()
+        h1, h2 = self.hash(name)
+        current = self.segments[self.role_of(h1)].table.get(h1, h2)
         if current is None or current[0] != epoch:
             return None
         found: list[tuple[int, bytes]] = []
@@ -329,7 +419,7 @@ class BusEngine:
             if entry is None or entry[0] != TAG_MSG:
                 return None  # overwritten: history does not reach back
             msg = decode_msg(entry[1])
-            if msg.chan_hash != chan_hash or msg.off != expected or msg.epoch != epoch:
+            if msg.channel != name or msg.off != expected or msg.epoch != epoch:
                 return None
             if msg.ts_ns < not_before_ns:
                 return None
@@ -378,17 +468,11 @@ class BusEngine:
                 # sequence them again.
                 try:
                     if tag == TAG_MSG:
-                        self._on_msg(payload)
+                        self._on_msg(payload, slot, entry_position)
                     elif tag == TAG_PUBREQ and role is not None and peek_pubreq_target(payload) == role:
-                        request = decode_pubreq(payload)
-                        try:
-                            self._sequence(
-                                request.chan_hash, request.channel, request.data,
-                                request.origin_slot, request.token, request.ts_ns,
-                            )  # fmt: skip
-                            sequenced.add(request.chan_hash)
-                        except TableFullError as exc:
-                            log.error("cannot sequence publish on %r: %s", request.channel, exc)
+                        chan_hash = self._on_request(payload)
+                        if chan_hash is not None:
+                            sequenced.add(chan_hash)
                     elif tag >= FIRST_OTHER_TAG and self.on_record is not None:
                         self.on_record(slot, tag, payload)
                 except Exception:
@@ -408,6 +492,24 @@ class BusEngine:
             self._flush_doorbells()
         return processed
 
+    def _on_request(self, payload: bytes) -> int | None:
+        """Sequence a publish request addressed to our role; its h1, or None if not sequenced."""
+        request = decode_pubreq(payload)
+        if self._sequenced_before:
+            origin_token = (request.origin_slot, request.token)
+            if origin_token in self._sequenced_before:
+                self._sequenced_before.discard(origin_token)
+                return None  # our dead predecessor sequenced it: its MSG is in the rings already
+        h1, h2 = self.hash(request.channel)
+        if h1 % self.roles != self.role:
+            raise ValueError(f"publish request for {request.channel!r} addressed to role {self.role}, not its own")
+        try:
+            self._sequence(h1, h2, request.channel, request.data, request.origin_slot, request.token, request.ts_ns)
+        except TableFullError as exc:
+            log.error("cannot sequence publish on %r: %s", request.channel, exc)
+            return None
+        return h1
+
     def _bad_entry(self, slot: int, position: int, tag: int, payload: bytes) -> None:
         self.bad_entries += 1
         if self.bad_entries <= _BAD_ENTRIES_LOGGED:
@@ -418,18 +520,20 @@ class BusEngine:
         elif self.bad_entries % 1000 == 0:
             log.error("bus: %d bad entries skipped so far", self.bad_entries)
 
-    def _on_msg(self, payload: bytes) -> None:
+    def _on_msg(self, payload: bytes, slot: int, position: int) -> None:
         chan_hash = peek_msg_chan_hash(payload)
-        tracked = self.tracked.get(chan_hash)
-        if tracked is None and not self.pending_tokens:
+        if chan_hash not in self._tracked_hashes and not self.pending_tokens:
             return
         msg = decode_msg(payload)
         if msg.origin_slot == self.bus_slot and msg.token in self.pending_tokens:
             self.pending_tokens.discard(msg.token)
             self.acknowledge(msg.token, msg.off)
+        tracked = self.tracked.get(msg.channel)  # by name: another channel may share the hash
         if tracked is None:
             return
         if msg.epoch != tracked.epoch:
+            if position < tracked.since[slot]:
+                return  # left in the rings from before the channel was forgotten
             # The channel's state was lost and it started over in a new epoch: follow it.
             tracked.epoch = msg.epoch
         elif msg.off <= tracked.offset:
@@ -444,39 +548,42 @@ class BusEngine:
     # (wsd.server.cluster.owner uses these; the bus itself never calls them)
 
     def role_of_channel(self, channel: bytes) -> int:
-        return self.role_of(channel_hash(channel))
+        return self.role_of(self.hash(channel)[0])
 
     def table_position(self, channel: bytes) -> tuple[int, int] | None:
         """(epoch, last offset) of a channel in its role's table, None if the table has no entry."""
-        chan_hash = channel_hash(channel)
-        current = self.segments[self.role_of(chan_hash)].table.get(chan_hash)
+        h1, h2 = self.hash(channel)
+        current = self.segments[self.role_of(h1)].table.get(h1, h2)
         return None if current is None else (current[0], current[1])
+
+    def _own_table_for(self, channel: bytes) -> tuple[int, int, ChannelTable]:
+        h1, h2 = self.hash(channel)
+        if self.role_of(h1) != self.role:
+            raise BusError(f"bus slot {self.bus_slot} does not hold the role of {channel!r}")
+        return h1, h2, self.segments[self.role].table
 
     def append_external(self, channel: bytes, epoch: int, offset: int, ts_ns: int, data: bytes) -> int:
         """Append a message another bus sequenced (its epoch and offset, not ours) as the channel's
         next MSG; only the holder of the channel's role may. It continues the history chain when it
         follows the table's entry directly. Returns the channel hash, for wake_interested(); the
         caller polls to deliver it here."""
-        chan_hash = channel_hash(channel)
-        if self.role_of(chan_hash) != self.role:
-            raise BusError(f"bus slot {self.bus_slot} does not hold the role of {channel!r}")
-        table = self.segments[self.role].table
-        current = table.get(chan_hash)
+        h1, h2, table = self._own_table_for(channel)
+        current = table.get(h1, h2)
+        if current is None and len(table) >= table.limit:
+            self._make_room(table)
         follows = current is not None and current[0] == epoch and current[1] == offset - 1
-        record = encode_msg(epoch, NO_SLOT, offset, current[2] if follows else NO_POSITION, ts_ns, 0, chan_hash,
-                            channel, data)  # fmt: skip
-        position = self.own.ring.append(TAG_MSG, record)
-        table.put(chan_hash, epoch, offset, chain_position(self.bus_slot, position), ts_ns)
-        return chan_hash
+        prev_pos = current[2] if follows else NO_POSITION
+        self._append_message(table, h1, h2, channel, data, NO_SLOT, 0, ts_ns, epoch, offset, prev_pos)
+        return h1
 
     def set_position(self, channel: bytes, epoch: int, offset: int) -> int:
         """Move a channel of our role to (epoch, offset) without a message: its history starts
         there. Returns the channel hash."""
-        chan_hash = channel_hash(channel)
-        if self.role_of(chan_hash) != self.role:
-            raise BusError(f"bus slot {self.bus_slot} does not hold the role of {channel!r}")
-        self.segments[self.role].table.put(chan_hash, epoch, offset, NO_POSITION, time.time_ns())
-        return chan_hash
+        h1, h2, table = self._own_table_for(channel)
+        if table.get(h1, h2) is None and len(table) >= table.limit:
+            self._make_room(table)
+        table.put(h1, h2, epoch, offset, NO_POSITION, time.time_ns())
+        return h1
 
     def wake_interested(self, chan_hashes: set[int]) -> None:
         """Ring the doorbells of the processes that may want these channels (after appends)."""
@@ -494,12 +601,12 @@ class BusEngine:
     def marks_interest(self, bus_slot: int, channel: bytes) -> bool:
         """Whether the process on `bus_slot` marks the interest bucket of `channel` (a bucket holds
         many channels: True may be another channel of the bucket)."""
-        return self.segments[bus_slot].interest.test(channel_hash(channel))
+        return self.segments[bus_slot].interest.test(self.hash(channel)[0])
 
     def restart_tracked(self, channel: bytes, epoch: int, offset: int) -> bool:
         """A tracked channel continues after (epoch, offset) (its messages up to there are lost):
         deliveries resume with offset + 1. False if this process does not track it."""
-        tracked = self.tracked.get(channel_hash(channel))
+        tracked = self.tracked.get(channel)
         if tracked is None:
             return False
         tracked.epoch, tracked.offset = epoch, offset

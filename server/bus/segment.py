@@ -16,7 +16,7 @@ from wsd.ext.interest import InterestMap
 from wsd.ext.ring import Ring
 from wsd.server.counters import STAT_NAMES
 
-MAGIC = 0x3130474553445357  # b"WSDSEG01" little-endian
+MAGIC = 0x3230474553445357  # b"WSDSEG02" little-endian
 MAX_SLOTS = 256
 
 HEADER_SIZE = 4096
@@ -28,6 +28,8 @@ _ROLE_HOLDER_AT = 448  # role segments: bus slot + 1 of the process sequencing t
 _DRAIN_WINDOW_MS_AT = 456  # supervisor -> worker: the window for the next drain command
 _TAKE_ROLE_AT = 464  # supervisor -> worker: role + 1 to take over on the next take-role command
 _CURSORS_AT = 512  # role segments: the role holder's read position in every ring
+_HASH_SECRET_AT = _CURSORS_AT + 8 * MAX_SLOTS  # the server's channel-hash secret (32 bytes, every segment)
+HASH_SECRET_SIZE = 32
 
 INTEREST_BUCKETS = 65536
 
@@ -35,7 +37,8 @@ INTEREST_BUCKETS = 65536
 STAT_FIELDS = STAT_NAMES
 _STATS_FORMAT = f"<{len(STAT_FIELDS)}Q"
 assert _STATS_AT + struct.calcsize(_STATS_FORMAT) <= _CURSORS_AT
-assert _CURSORS_AT + 8 * MAX_SLOTS <= HEADER_SIZE
+assert _CURSORS_AT + 8 * MAX_SLOTS <= _HASH_SECRET_AT
+assert _HASH_SECRET_AT + HASH_SECRET_SIZE <= HEADER_SIZE
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class SegmentLayout:
 
     @property
     def ring_at(self) -> int:
-        return _align(self.table_at + ChannelTable.region_size(self.table_slots), 4096)
+        return _align(self.table_at + ChannelTable.region_size(self.table_slots, self.interest_buckets), 4096)
 
     @property
     def size(self) -> int:
@@ -78,11 +81,15 @@ class Segment:
         self.layout = layout
         self.slot, self.epoch, self.workers = struct.unpack_from("<QQQ", mapping, _SLOT_AT)
         self.interest = InterestMap(mapping, layout.interest_at, layout.interest_buckets)
-        self.table = ChannelTable(mapping, layout.table_at, layout.table_slots)
+        # Forget buckets are the interest buckets: a channel is forgotten only while no process marks
+        # its interest bucket, so the epoch a subscriber read for an absent channel stays valid.
+        self.table = ChannelTable(mapping, layout.table_at, layout.table_slots, layout.interest_buckets)
         self.ring = Ring(mapping, layout.ring_at, layout.ring_capacity)
 
     @classmethod
-    def create(cls, path: str, slot: int, workers: int, epoch: int, layout: SegmentLayout) -> Segment:
+    def create(
+        cls, path: str, slot: int, workers: int, epoch: int, layout: SegmentLayout, hash_secret: bytes
+    ) -> Segment:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, layout.size)
@@ -93,9 +100,12 @@ class Segment:
         struct.pack_into(
             "<QQQ", mapping, _RING_CAPACITY_AT, layout.ring_capacity, layout.table_slots, layout.interest_buckets
         )
+        if len(hash_secret) != HASH_SECRET_SIZE:
+            raise ValueError(f"the channel hash secret is {HASH_SECRET_SIZE} bytes, got {len(hash_secret)}")
+        mapping[_HASH_SECRET_AT : _HASH_SECRET_AT + HASH_SECRET_SIZE] = hash_secret
         segment = cls(path, mapping, layout)
         # The file is new, hence zero: write headers only, so pages stay untouched until used.
-        segment.table.init(already_zeroed=True)
+        segment.table.init(base_epoch=epoch, already_zeroed=True)
         segment.ring.init()
         return segment
 
@@ -112,6 +122,11 @@ class Segment:
             raise ValueError(f"{path} is not a wsd bus segment (bad magic {magic:#x})")
         ring_capacity, table_slots, buckets = struct.unpack_from("<QQQ", mapping, _RING_CAPACITY_AT)
         return cls(path, mapping, SegmentLayout(ring_capacity, table_slots, buckets))
+
+    @property
+    def hash_secret(self) -> bytes:
+        """The per-server secret of the channel hash (wsd.ext.hashing.ChannelHasher)."""
+        return bytes(self.map[_HASH_SECRET_AT : _HASH_SECRET_AT + HASH_SECRET_SIZE])
 
     # -- stats (written by the slot's worker, read by the supervisor) --
     def write_stats(self, stats: dict[str, int]) -> None:

@@ -96,7 +96,10 @@ class Config:
     ring_size: int = setting(64 * 1024 * 1024, int, "bytes of shared-memory bus ring per worker (power of two)")
     # Subscribing looks the table up, so every worker ends up with pages of every table resident:
     # size it to the load, not larger.
-    channel_table_slots: int = setting(1 << 16, int, "channels each worker can sequence (power of two)")
+    channel_table_slots: int = setting(
+        1 << 16, int, "channels whose state each worker keeps (power of two; when 90%% are used, the least recently "
+        "used without subscribers are forgotten)"
+    )
     stop_timeout: float = setting(10.0, float, "seconds a graceful stop (SIGINT, ctl stop) may take")
     drain_window: float = setting(30.0, float, "seconds over which SIGTERM and reloads spread client closes")
     lame_duck: float = setting(

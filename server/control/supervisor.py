@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 
 from wsd.server.bus.doorbell import bind_doorbell
-from wsd.server.bus.segment import MAX_SLOTS, Segment, SegmentLayout, segment_path
+from wsd.server.bus.segment import HASH_SECRET_SIZE, MAX_SLOTS, Segment, SegmentLayout, segment_path
 from wsd.server.cluster.host import make_status_dir, merge, read_statuses, remove_status_dir
 from wsd.server.control.admin import AdminCommandError, AdminServer
 from wsd.server.control.config import (
@@ -116,9 +116,10 @@ class Supervisor:
         if config.cluster:
             self.cluster_status_dir = make_status_dir(self.run_id)
         layout = SegmentLayout(config.ring_size, config.channel_table_slots)
+        hash_secret = secrets.token_bytes(HASH_SECRET_SIZE)  # channel identity, per server (docs/bus.md)
         for bus_slot in range(2 * self.workers):
             path = segment_path(self.run_id, bus_slot)
-            self.segments.append(Segment.create(path, bus_slot, self.workers, self.epoch, layout))
+            self.segments.append(Segment.create(path, bus_slot, self.workers, self.epoch, layout, hash_secret))
             self.doorbells.append(bind_doorbell(self.run_id, bus_slot))
         self.slots.extend(WorkerSlot(i, ws_sockets[i], api_sockets[i]) for i in range(self.workers))
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -26,91 +26,93 @@ class Hub:
     def __init__(self, write_buffer_limit: int, on_slow: Callable[[Any], None]):
         self.write_buffer_limit = write_buffer_limit
         self.on_slow = on_slow
-        # chan_hash -> {raw transport: session}; the keys are what the fan-out writes to.
-        self.by_channel: dict[int, dict[Any, Any]] = {}
-        # chan_hash -> frames fanned out since the last flush, in offset order.
-        self.queued: dict[int, list[bytes]] = {}
-        # (chan_hash, transport) -> [(offset, frame)] kept for a held subscriber; chan_hash -> holds.
-        self.held: dict[tuple[int, Any], list[tuple[int, bytes]]] = {}
-        self.held_channels: dict[int, int] = {}
+        # A channel_key is the channel's name (bytes, from the node), never a hash: two channels
+        # may share a hash.
+        # channel_key -> {raw transport: session}; the transports are what the fan-out writes to.
+        self.by_channel: dict[bytes, dict[Any, Any]] = {}
+        # channel_key -> frames fanned out since the last flush, in offset order.
+        self.queued: dict[bytes, list[bytes]] = {}
+        # (channel_key, transport) -> [(offset, frame)] kept for a held subscriber; channel_key -> holds.
+        self.held: dict[tuple[bytes, Any], list[tuple[int, bytes]]] = {}
+        self.held_channels: dict[bytes, int] = {}
         self.deliveries = 0
 
-    def add(self, chan_hash: int, transport: Any, session: Any) -> bool:
+    def add(self, channel_key: bytes, transport: Any, session: Any) -> bool:
         """Returns True when this is the channel's first local subscriber."""
-        members = self.by_channel.get(chan_hash)
+        members = self.by_channel.get(channel_key)
         if members is None:
-            self.by_channel[chan_hash] = {transport: session}
+            self.by_channel[channel_key] = {transport: session}
             return True
         members[transport] = session
         return False
 
-    def remove(self, chan_hash: int, transport: Any) -> bool:
+    def remove(self, channel_key: bytes, transport: Any) -> bool:
         """Returns True when the channel has no local subscriber left."""
-        self.release(chan_hash, transport)
-        members = self.by_channel.get(chan_hash)
+        self.release(channel_key, transport)
+        members = self.by_channel.get(channel_key)
         if members is None or members.pop(transport, None) is None:
             return False
         if not members:
-            del self.by_channel[chan_hash]
+            del self.by_channel[channel_key]
             return True
         return False
 
-    def has_subscribers(self, chan_hash: int) -> bool:
-        return chan_hash in self.by_channel
+    def has_subscribers(self, channel_key: bytes) -> bool:
+        return channel_key in self.by_channel
 
     # -- holding a resuming subscriber --
 
-    def hold(self, chan_hash: int, transport: Any) -> None:
+    def hold(self, channel_key: bytes, transport: Any) -> None:
         """Keep live frames for this subscriber instead of writing them, until `release`."""
-        key = (chan_hash, transport)
+        key = (channel_key, transport)
         if key not in self.held:
             self.held[key] = []
-            self.held_channels[chan_hash] = self.held_channels.get(chan_hash, 0) + 1
+            self.held_channels[channel_key] = self.held_channels.get(channel_key, 0) + 1
 
-    def release(self, chan_hash: int, transport: Any) -> list[tuple[int, bytes]]:
+    def release(self, channel_key: bytes, transport: Any) -> list[tuple[int, bytes]]:
         """Stop holding; returns the (offset, frame) pairs kept meanwhile, oldest first."""
-        kept = self.held.pop((chan_hash, transport), None)
+        kept = self.held.pop((channel_key, transport), None)
         if kept is None:
             return []
-        count = self.held_channels[chan_hash] - 1
+        count = self.held_channels[channel_key] - 1
         if count:
-            self.held_channels[chan_hash] = count
+            self.held_channels[channel_key] = count
         else:
-            del self.held_channels[chan_hash]
+            del self.held_channels[channel_key]
         return kept
 
     # -- fan-out --
 
-    def fan_out(self, chan_hash: int, channel: bytes, offset: int, data: bytes) -> int:
+    def fan_out(self, channel_key: bytes, channel: bytes, offset: int, data: bytes) -> int:
         """Queue one message for the channel's current subscribers; `flush` writes it."""
-        members = self.by_channel.get(chan_hash)
+        members = self.by_channel.get(channel_key)
         if not members:
             return 0
         frame = msg_frame(channel, offset, data)
-        if chan_hash in self.held_channels:
-            for (held_hash, _transport), kept in self.held.items():
-                if held_hash == chan_hash:
+        if channel_key in self.held_channels:
+            for (held_key, _transport), kept in self.held.items():
+                if held_key == channel_key:
                     kept.append((offset, frame))
-        queued = self.queued.get(chan_hash)
+        queued = self.queued.get(channel_key)
         if queued is None:
-            self.queued[chan_hash] = [frame]
+            self.queued[channel_key] = [frame]
         else:
             queued.append(frame)
         self.deliveries += len(members)
         return len(members)
 
-    def fan_out_notice(self, chan_hash: int, frame: bytes) -> int:
+    def fan_out_notice(self, channel_key: bytes, frame: bytes) -> int:
         """Queue a frame that is not a message (a `gap`) for the channel's subscribers, in order
         with its messages. A held subscriber keeps it with offset GAP_NOTICE: what follows it
         continues after it, whatever the offsets (see Node._answer)."""
-        members = self.by_channel.get(chan_hash)
+        members = self.by_channel.get(channel_key)
         if not members:
             return 0
-        if chan_hash in self.held_channels:
-            for (held_hash, _transport), kept in self.held.items():
-                if held_hash == chan_hash:
+        if channel_key in self.held_channels:
+            for (held_key, _transport), kept in self.held.items():
+                if held_key == channel_key:
                     kept.append((GAP_NOTICE, frame))
-        self.queued.setdefault(chan_hash, []).append(frame)
+        self.queued.setdefault(channel_key, []).append(frame)
         return len(members)
 
     def flush(self) -> None:
@@ -122,14 +124,14 @@ class Hub:
         if not self.queued:
             return
         queued, self.queued = self.queued, {}
-        for chan_hash, frames in queued.items():
-            members = self.by_channel.get(chan_hash)
+        for channel_key, frames in queued.items():
+            members = self.by_channel.get(channel_key)
             if not members:
                 continue  # every subscriber was cut off as a slow reader earlier in this flush
             payload = frames[0] if len(frames) == 1 else b"".join(frames)
             targets = list(members)
-            if chan_hash in self.held_channels:
-                targets = [t for t in targets if (chan_hash, t) not in self.held]
+            if channel_key in self.held_channels:
+                targets = [t for t in targets if (channel_key, t) not in self.held]
             slow = write_frame_to_all(payload, targets, self.write_buffer_limit)
             for transport in slow:
                 session = members.get(transport)

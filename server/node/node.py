@@ -20,7 +20,6 @@ from typing import Any
 from picows import WSCloseCode
 
 from wsd.ext.frames import msg_frame, text_frame
-from wsd.ext.hashing import channel_hash
 from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import Broker, BrokerError, Pending, StreamPosition
 from wsd.server.node.hub import GAP_NOTICE, Hub
@@ -65,18 +64,18 @@ class Node:
         self._on_session_opened = on_session_opened
         self._on_session_closed = on_session_closed
         self._on_session_closing = on_session_closing
-        # chan_hash -> the first local subscriber's pending broker.subscribe(), while it is pending
-        self._subscribing: dict[int, asyncio.Future] = {}
+        # channel name -> the first local subscriber's pending broker.subscribe(), while it is pending
+        self._subscribing: dict[bytes, asyncio.Future] = {}
 
     # -- deliveries from the broker --
 
     def deliver(self, chan_hash: int, channel: bytes, epoch: int, offset: int, data: bytes, ts_ns: int) -> None:
-        self.hub.fan_out(chan_hash, channel, offset, data)
+        self.hub.fan_out(channel, channel, offset, data)  # by name: channels may share a hash
 
     def deliver_gap(self, channel: bytes, epoch: int, offset: int) -> None:
         """The broker lost the channel's messages up to (epoch, offset): tell its subscribers, in
         order with its messages (`{"op":"gap",...}`); deliveries continue after `offset`."""
-        self.hub.fan_out_notice(channel_hash(channel), text_frame(gap_notice(channel.decode(), offset, epoch)))
+        self.hub.fan_out_notice(channel, text_frame(gap_notice(channel.decode(), offset, epoch)))
 
     def deliveries_done(self) -> None:
         self.hub.flush()
@@ -112,25 +111,25 @@ class Node:
             return
         self.subscriptions += 1
         name = channel.encode()
-        chan_hash = channel_hash(name)
+        key = name  # the hub keys channels by name: a hash never decides identity
         transport = session.raw
-        first = self.hub.add(chan_hash, transport, session)
+        first = self.hub.add(key, transport, session)
         if first:
-            position: Pending[StreamPosition] = self._broker_subscribe(chan_hash, channel)
-        elif chan_hash in self._subscribing:
-            position = self._subscribing[chan_hash]
+            position: Pending[StreamPosition] = self._broker_subscribe(key, channel)
+        elif key in self._subscribing:
+            position = self._subscribing[key]
         else:
             position = self.broker.position(channel)
         if isinstance(position, StreamPosition):
             missed = self._missed(channel, request, position)
             if not isinstance(missed, Awaitable):
-                self._answer(session, request, chan_hash, position, missed)
+                self._answer(session, request, key, position, missed)
                 return
         # Something is on its way: hold live messages for this session until it is answered.
-        self.hub.hold(chan_hash, transport)
-        asyncio.ensure_future(self._subscribe_later(session, request, chan_hash, position))
+        self.hub.hold(key, transport)
+        asyncio.ensure_future(self._subscribe_later(session, request, key, position))
 
-    def _broker_subscribe(self, chan_hash: int, channel: str) -> Pending[StreamPosition]:
+    def _broker_subscribe(self, key: bytes, channel: str) -> Pending[StreamPosition]:
         try:
             outcome = self.broker.subscribe(channel)
         except BrokerError as exc:
@@ -140,8 +139,8 @@ class Node:
         if isinstance(outcome, StreamPosition):
             return outcome
         future = asyncio.ensure_future(outcome)
-        self._subscribing[chan_hash] = future
-        future.add_done_callback(lambda _: self._subscribing.pop(chan_hash, None))
+        self._subscribing[key] = future
+        future.add_done_callback(lambda _: self._subscribing.pop(key, None))
         return future
 
     def _missed(
@@ -155,7 +154,7 @@ class Node:
         return self.broker.history(channel, StreamPosition(since_offset, since_epoch), position.offset)
 
     async def _subscribe_later(
-        self, session: Any, request: Subscribe, chan_hash: int, position: Pending[StreamPosition]
+        self, session: Any, request: Subscribe, key: bytes, position: Pending[StreamPosition]
     ) -> None:
         channel = request.channel
         try:
@@ -172,8 +171,8 @@ class Node:
             return
         if not self._still_subscribed(session, channel):
             return  # gone, or unsubscribed meanwhile
-        kept = self.hub.release(chan_hash, session.raw)
-        self._answer(session, request, chan_hash, position, missed, kept)
+        kept = self.hub.release(key, session.raw)
+        self._answer(session, request, key, position, missed, kept)
 
     @staticmethod
     def _still_subscribed(session: Any, channel: str) -> bool:
@@ -183,7 +182,7 @@ class Node:
         self,
         session: Any,
         request: Subscribe,
-        chan_hash: int,
+        key: bytes,
         position: StreamPosition,
         missed: list[tuple[int, bytes]] | None,
         kept: list[tuple[int, bytes]] = (),
@@ -210,8 +209,8 @@ class Node:
 
     def subscribe_again(self, session: Any, request: Subscribe) -> None:
         """A `sub` of a channel the session holds already: its position, nothing replayed twice."""
-        chan_hash = channel_hash(request.channel.encode())
-        if chan_hash in self._subscribing or (chan_hash, session.raw) in self.hub.held:
+        key = request.channel.encode()
+        if key in self._subscribing or (key, session.raw) in self.hub.held:
             # Its first `sub` is still being answered; that answer carries the position.
             session.send_text(ok_reply(request.id, worker=self.worker_slot))
             return
@@ -228,15 +227,15 @@ class Node:
 
     def _unsubscribe_channel(self, session: Any, channel: str) -> None:
         self.subscriptions -= 1
-        chan_hash = channel_hash(channel.encode())
-        if self.hub.remove(chan_hash, session.raw) and chan_hash not in self._subscribing:
+        key = channel.encode()
+        if self.hub.remove(key, session.raw) and key not in self._subscribing:
             self.broker.unsubscribe(channel)
-        elif not self.hub.has_subscribers(chan_hash) and chan_hash in self._subscribing:
+        elif not self.hub.has_subscribers(key) and key in self._subscribing:
             # The broker's subscribe is still pending: drop the interest once it has been taken.
-            self._subscribing[chan_hash].add_done_callback(lambda f: self._drop_if_unwanted(chan_hash, channel, f))
+            self._subscribing[key].add_done_callback(lambda f: self._drop_if_unwanted(key, channel, f))
 
-    def _drop_if_unwanted(self, chan_hash: int, channel: str, future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is None and not self.hub.has_subscribers(chan_hash):
+    def _drop_if_unwanted(self, key: bytes, channel: str, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None and not self.hub.has_subscribers(key):
             self.broker.unsubscribe(channel)
 
     def _cut_off_slow_reader(self, session: Any) -> None:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsd.ext.hashing import channel_hash
-from wsd.server.bus.engine import BusEngine
+from wsd.ext.hashing import ChannelHasher
+from wsd.server.bus.engine import BusEngine, BusError
 from wsd.server.bus.segment import Segment, SegmentLayout
 
 
@@ -24,11 +24,13 @@ class Cluster:
     """`workers` roles, each held by the engine on the bus slot of the same number; twice as many
     bus slots, as in wsd, so a test can add a stand-by engine on bus slot workers + n."""
 
-    def __init__(self, workers: int, ring_capacity: int = 1 << 16):
+    def __init__(self, workers: int, ring_capacity: int = 1 << 16, table_slots: int = 1024, hasher=None):
         self.run_id = uuid.uuid4().hex[:8]
-        layout = SegmentLayout(ring_capacity, 1024)
+        layout = SegmentLayout(ring_capacity, table_slots)
+        secret = os.urandom(32)
+        self.hasher = hasher or ChannelHasher(secret).hash
         self.paths = [f"/dev/shm/wsd-test-{self.run_id}-slot{i}" for i in range(2 * workers)]
-        self.segments = [Segment.create(p, i, workers, 77, layout) for i, p in enumerate(self.paths)]
+        self.segments = [Segment.create(p, i, workers, 77, layout, secret) for i, p in enumerate(self.paths)]
         self.delivered: list[list[tuple[str, int, bytes]]] = [[] for _ in range(2 * workers)]
         self.acks: list[dict[int, int]] = [{} for _ in range(2 * workers)]
         self.doorbells: list[int] = []
@@ -44,7 +46,7 @@ class Cluster:
         def acknowledge(token, offset):
             self.acks[slot][token] = offset
 
-        return BusEngine(slot, segments, deliver, acknowledge, self.doorbells.append, role=role)
+        return BusEngine(slot, segments, deliver, acknowledge, self.doorbells.append, role=role, hasher=self.hasher)
 
     def poll_all(self) -> None:
         for _ in range(3):
@@ -54,7 +56,7 @@ class Cluster:
     def channel_owned_by(self, slot: int, prefix: str = "ch") -> str:
         for n in range(10_000):
             name = f"{prefix}{n}"
-            if channel_hash(name.encode()) % self.workers == slot:
+            if self.hasher(name.encode())[0] % self.workers == slot:
                 return name
         raise AssertionError("no channel found")
 
@@ -275,3 +277,195 @@ def test_a_publish_that_fits_the_ring_as_a_request_but_not_as_a_message_is_refus
     c.poll_all()
     assert c.engines[0].bad_entries == 0
     assert c.delivered[1] == [(channel, 1, fits)]
+
+
+# -- channel identity: keyed hashes, names compared (issue 9, item 10) --
+
+
+def test_two_channels_whose_hashes_collide_keep_apart_offsets_deliveries_and_history(cluster):
+    real = ChannelHasher(os.urandom(32)).hash
+
+    def colliding(name: bytes) -> tuple[int, int]:
+        return 4242, real(name)[1]  # every name has the same h1: one role, bucket and probe run
+
+    c = cluster(2, hasher=colliding)
+    alpha, beta = "alpha", "beta"
+    c.engines[1].subscribe(alpha)
+    c.engines[0].subscribe(beta)
+    for n in range(3):
+        assert c.engines[0].publish(alpha, f'"a{n}"'.encode()) == (n + 1, 0)
+    tokens = [c.engines[1].publish(beta, f'"b{n}"'.encode())[1] for n in range(2)]
+    c.poll_all()
+    assert c.delivered[1] == [(alpha, n + 1, f'"a{n}"'.encode()) for n in range(3)]
+    assert c.delivered[0] == [(beta, n + 1, f'"b{n}"'.encode()) for n in range(2)]
+    assert [c.acks[1][t] for t in tokens] == [1, 2]
+    epoch, _ = c.engines[1].position(alpha)
+    assert c.engines[1].history(alpha, epoch, 0, 3, 100, 0) == [(n + 1, f'"a{n}"'.encode()) for n in range(3)]
+    assert c.engines[1].history(beta, epoch, 0, 2, 100, 0) == [(n + 1, f'"b{n}"'.encode()) for n in range(2)]
+    assert len(c.segments[0].table) == 2
+
+
+def test_the_engine_hashes_names_with_the_servers_secret(cluster):
+    c = cluster(2)
+    secret = c.segments[0].hash_secret
+    engine = BusEngine(0, c.segments, lambda *a: None, lambda *a: None, lambda s: None)
+    assert engine.hash(b"news") == ChannelHasher(secret).hash(b"news")
+    assert len(secret) == 32 and secret != bytes(32)
+
+
+# -- a full channel table (issue 9, item 1) --
+
+FIXED = ChannelHasher(bytes(range(32))).hash
+
+
+def test_a_full_table_forgets_the_least_recently_used_channel_nobody_subscribes_to(cluster):
+    c = cluster(1, table_slots=1024, hasher=FIXED, ring_capacity=1 << 20)  # one role, held by engine 0
+    owner, table = c.engines[0], c.segments[0].table
+    reader = c.start(1)
+    reader.subscribe("kept")
+    owner.publish("kept", b'"k1"')  # the least recently used of all, but subscribed
+    owner.publish("old", b'"o1"')
+    old_epoch = table.get(*FIXED(b"old"))[0]
+    for n in range(table.limit - 2):
+        owner.publish(f"fill{n}", b"1")
+    assert len(table) == table.limit
+    assert owner.publish("new", b"1") == (1, 0)  # room made: not refused
+    assert owner.evictions == 1
+    assert table.get(*FIXED(b"old")) is None  # forgotten, its history with it
+    assert reader.history("old", old_epoch, 0, 1, 100, 0) is None
+    assert table.get(*FIXED(b"kept"))[1] == 1  # subscribed: never forgotten
+    # Published again, the forgotten channel starts over in a new epoch: a resume from its old
+    # epoch gets recovered:false, never the new messages as if they followed the old ones.
+    assert owner.publish("old", b'"o2"') == (1, 0)
+    assert table.get(*FIXED(b"old"))[0] != old_epoch
+    owner.publish("kept", b'"k2"')
+    reader.poll()
+    assert reader.history("kept", reader.position("kept")[0], 0, 2, 100, 0) == [(1, b'"k1"'), (2, b'"k2"')]
+    assert [(ch, off) for ch, off, _ in c.delivered[1]] == [("kept", 1), ("kept", 2)]
+
+
+def test_many_times_more_channels_than_slots_never_fail_and_subscribed_ones_stay(cluster):
+    c = cluster(2, table_slots=1024)
+    subscribed = [c.channel_owned_by(r, prefix=f"live{r}-") for r in (0, 1)]
+    for channel in subscribed:
+        c.engines[1].subscribe(channel)
+    for n in range(20_000):  # ~20 times the table
+        channel = subscribed[n // 1000 % 2] if n % 1000 == 0 else f"user:{n}"
+        offset, token = c.engines[n % 2].publish(channel, b"1")
+        assert offset or token
+        if n % 500 == 0:
+            c.poll_all()
+    c.poll_all()
+    assert c.engines[0].evictions + c.engines[1].evictions > 15_000
+    got = [(ch, off) for ch, off, _ in c.delivered[1]]
+    assert got == [(subscribed[k % 2], k // 2 + 1) for k in range(20)]
+
+
+def test_a_channel_subscribed_after_it_was_forgotten_gets_the_epoch_it_comes_back_in(cluster):
+    c = cluster(1, table_slots=1024, hasher=FIXED)
+    owner, table = c.engines[0], c.segments[0].table
+    owner.publish("gone", b"1")
+    table.forget(*FIXED(b"gone"))  # as _make_room does
+    reader = c.start(1)
+    epoch, offset = reader.subscribe("gone")
+    assert offset == 0
+    owner.publish("gone", b"2")
+    reader.poll()
+    assert c.delivered[1] == [("gone", 1, b"2")]
+    assert reader.position("gone") == (epoch, 1) and reader.gaps == 0
+
+
+def test_a_table_full_of_subscribed_channels_refuses_new_ones_with_a_clear_error(cluster):
+    c = cluster(1, table_slots=1024, hasher=FIXED)
+    owner, table = c.engines[0], c.segments[0].table
+    for n in range(table.limit):
+        owner.subscribe(f"s{n}")
+        owner.publish(f"s{n}", b"1")
+    with pytest.raises(BusError, match="channel table full"):
+        owner.publish("one-more", b"1")
+    # Once a channel has no subscriber left, it is found within a few searches (each one looks at
+    # the next channels in use): the table never stays full for good.
+    owner.unsubscribe("s5")
+    for _attempt in range(table.limit // 64 + 2):
+        try:
+            assert owner.publish("one-more", b"1") == (1, 0)
+            break
+        except BusError:
+            pass
+    else:
+        raise AssertionError("the unsubscribed channel was never forgotten")
+    assert table.get(*FIXED(b"s5")) is None
+
+
+# -- a holder killed inside a table write (issue 9, item 7) --
+
+
+def tear_entry(segment, h1: int, last_off: int) -> None:
+    """What a holder killed inside ChannelTable.put leaves: seq odd, a field half written."""
+    base = segment.layout.table_at + 64
+    for index in range(segment.table.slots):
+        at = base + 64 * index
+        if int.from_bytes(segment.map[at + 8 : at + 16], "little") == h1:
+            seq = int.from_bytes(segment.map[at : at + 8], "little")
+            segment.map[at : at + 8] = (seq | 1).to_bytes(8, "little")
+            segment.map[at + 24 : at + 32] = last_off.to_bytes(8, "little")
+            return
+    raise AssertionError("no such entry")
+
+
+def test_the_next_holder_repairs_an_entry_its_predecessor_was_killed_writing(cluster):
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    c.engines[1].subscribe(channel)
+    for n in range(3):
+        c.engines[0].publish(channel, str(n).encode())
+    tear_entry(c.segments[0], c.hasher(channel.encode())[0], 12345)
+    c.engines[0] = None
+    successor = c.start(2)
+    started = time.monotonic()
+    successor.take_role(0)  # before: every read of the entry spun 2 s and raised
+    assert time.monotonic() - started < 1.0
+    epoch, _ = c.engines[1].position(channel)
+    assert successor.publish(channel, b"3") == (4, 0)  # restored from the ring: offsets go on
+    c.engines[1].poll()
+    assert [off for _, off, _ in c.delivered[1]] == [1, 2, 3, 4]
+    assert c.engines[1].history(channel, epoch, 0, 4, 100, 0) == [(n + 1, str(n).encode()) for n in range(4)]
+
+
+def test_an_entry_the_rings_cannot_restore_is_forgotten_into_a_new_epoch(cluster):
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    c.engines[1].subscribe(channel)
+    c.engines[0].publish(channel, b"0")
+    c.poll_all()  # the holder's cursors now persist past its message: nothing to replay
+    tear_entry(c.segments[0], c.hasher(channel.encode())[0], 12345)
+    c.engines[0] = None
+    successor = c.start(2)
+    successor.take_role(0)
+    old_epoch, _ = c.engines[1].position(channel)
+    assert successor.publish(channel, b"1") == (1, 0)
+    c.engines[1].poll()
+    assert [off for _, off, _ in c.delivered[1]] == [1, 1]  # followed into the new epoch
+    assert c.engines[1].position(channel)[0] != old_epoch
+
+
+# -- exactly once across a SIGKILL of the sequencing worker (issue 9, item 8) --
+
+
+def test_requests_a_killed_holder_sequenced_are_not_sequenced_again_by_the_next(cluster):
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    c.engines[1].subscribe(channel)
+    tokens = [c.engines[1].publish(channel, str(n).encode())[1] for n in range(5)]
+    persisted = [c.segments[0].cursor(slot) for slot in range(4)]
+    c.engines[0].poll()  # sequences the five requests...
+    for slot, position in enumerate(persisted):  # ...and is SIGKILLed before its cursors are stored
+        c.segments[0].set_cursor(slot, position)
+    c.engines[0] = None
+    successor = c.start(2)
+    successor.take_role(0)
+    c.engines[0] = successor
+    c.poll_all()
+    assert [(off, data) for _, off, data in c.delivered[1]] == [(n + 1, str(n).encode()) for n in range(5)]
+    assert [c.acks[1][t] for t in tokens] == [1, 2, 3, 4, 5]
+    assert successor.publish(channel, b"5") == (6, 0)

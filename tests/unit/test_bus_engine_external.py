@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from wsd.ext.hashing import channel_hash
+from wsd.ext.hashing import ChannelHasher
 from wsd.server.bus.engine import FIRST_OTHER_TAG, BusEngine, BusError
 from wsd.server.bus.segment import Segment, SegmentLayout
 
@@ -21,7 +21,9 @@ class Host:
         run_id = uuid.uuid4().hex[:8]
         self.paths = [f"/dev/shm/wsd-test-{run_id}-slot{i}" for i in range(4)]
         layout = SegmentLayout(1 << 16, 1024)
-        self.segments = [Segment.create(p, i, 2, 77, layout) for i, p in enumerate(self.paths)]
+        secret = os.urandom(32)
+        self.hash = ChannelHasher(secret).hash
+        self.segments = [Segment.create(p, i, 2, 77, layout, secret) for i, p in enumerate(self.paths)]
         self.events: list[list[tuple]] = [[] for _ in range(4)]
         self.engines = [self.start(slot) for slot in range(2)]
 
@@ -35,7 +37,7 @@ class Host:
         return engine
 
     def channel_of_role(self, role: int) -> bytes:
-        return next(name for n in range(1000) if channel_hash(name := f"c{n}".encode()) % 2 == role)
+        return next(name for n in range(1000) if self.hash(name := f"c{n}".encode())[0] % 2 == role)
 
     def close(self):
         for path in self.paths:
