@@ -543,7 +543,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             for b in report["broadcasts"]
         ),
         "",
-        "RSS counts the bus's shared memory (/dev/shm/wsd-*) in every worker that touched it; USS is "
+        "RSS counts the bus's shared memory (its memfd segments) in every worker that touched it; USS is "
         "memory only that process uses; PSS shares the shared pages out between the processes.",
         "",
         f"Command: `{report['command']}`",

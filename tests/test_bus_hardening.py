@@ -5,11 +5,13 @@ the shared memory itself, history honesty."""
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import http.client
 import itertools
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -17,6 +19,8 @@ import urllib.request
 
 import orjson
 from websockets.sync.client import connect
+
+from harness.wsd_process import WsdProcess
 
 
 def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, dict]:
@@ -193,3 +197,66 @@ def test_no_message_is_sequenced_twice_across_sigkills_of_the_sequencing_workers
             assert len(published) == len(set(published)), f"{channel}: a message was sequenced twice"
             client.send(json.dumps({"op": "unsub", "ch": channel, "id": 300 + n}))
             assert json.loads(client.recv(timeout=5))["op"] == "ok"
+
+
+# -- shared memory (issue 9, item 9) --
+
+
+def test_the_bus_is_in_memory_only_reserved_sealed_and_out_of_reach_of_other_users(wsd_factory):
+    wsd = wsd_factory(workers=2)
+    pid = wsd.proc.pid
+    # No file anyone could open or pre-create (segments were /dev/shm/wsd-<pid><4 hex>-slot<n>).
+    assert [name for name in os.listdir("/dev/shm") if name.startswith(f"wsd-{pid}")] == []
+    with open("/proc/net/unix") as unix:
+        assert f"@wsd-{pid}" not in unix.read()  # no doorbell bound to a name anyone could flood
+    segments = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("/memfd:wsd-bus-slot"):
+            segments[fd] = target
+    assert len(set(segments.values())) == 4, segments  # 2 bus slots per worker (mmap holds a dup of each)
+    for fd in segments:
+        stat = os.stat(f"/proc/{pid}/fd/{fd}")
+        assert stat.st_blocks * 512 >= stat.st_size > 64 << 20  # allocated at start, not sparse
+        with open(f"/proc/{pid}/fd/{fd}", "rb") as segment:
+            seals = fcntl.fcntl(segment.fileno(), fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+    fd = next(iter(segments))  # another local user (nobody) tries to open a segment
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", f"open('/proc/{pid}/fd/{fd}', 'rb')"], user=65534, group=65534,
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe
+
+
+def test_a_bus_that_does_not_fit_in_memory_fails_at_start_saying_how_much_it_needs(tmp_path):
+    command = WsdProcess(tmp_path, workers=2, flags=["--ring-size", str(1 << 40)]).command()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "the bus needs 4,194,3" in result.stderr and "MiB of shared memory" in result.stderr, result.stderr
+    assert "--ring-size 1099511627776" in result.stderr and "available" in result.stderr
+    assert "worker 0 started" not in result.stderr
+
+
+class WsdInSmallDevShm(WsdProcess):
+    """wsd in a mount namespace whose /dev/shm is a 64 MiB tmpfs, as in a Docker container."""
+
+    def command(self) -> list[str]:
+        script = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *super().command()]
+
+
+def test_a_small_dev_shm_as_in_docker_never_brings_sigbus_mid_traffic(tmp_path):
+    wsd = WsdInSmallDevShm(tmp_path / "wsd", workers=2)
+    wsd.start()
+    try:
+        payload = "z" * 60_000
+        for batch in range(120):  # ~110 MB through the rings: sparse files in /dev/shm died at ~64
+            items = [{"channel": f"big{n}", "data": payload} for n in range(16)]
+            status, body = post(f"{wsd.api_url}/api/publish_batch", orjson.dumps(items), timeout=30)
+            assert status == 200, (batch, body)
+        workers = wsd.status()["workers"]
+        assert all(w["restarts"] == 0 and w["state"] == "running" for w in workers), workers
+        assert "SIGBUS" not in wsd.read_log()
+    finally:
+        wsd.kill()

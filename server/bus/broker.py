@@ -36,7 +36,7 @@ class ShmBroker:
         bus_slot: int,
         segments: list[Segment],
         doorbell_socket: socket.socket,
-        run_id: str,
+        doorbell_senders: list[socket.socket],
         role: int | None,
         deliver: DeliverCallback,
         deliveries_done: Callable[[], None],
@@ -50,7 +50,7 @@ class ShmBroker:
         self.history_size = history_size
         self.history_ttl_s = history_ttl_s
         self.doorbell_socket = doorbell_socket
-        self.doorbells = Doorbells(run_id, doorbell_socket, segments)
+        self.doorbells = Doorbells(doorbell_socket, doorbell_senders, segments)
         # token -> (future of the offset, its timeout)
         self.pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
         self.engine = BusEngine(

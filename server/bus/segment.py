@@ -1,11 +1,13 @@
 """One worker slot's shared-memory segment: header, stats, cursors, interest map, channel table, ring.
 
-The supervisor creates one segment per slot (a file in /dev/shm) before forking any worker, so a
-segment outlives worker respawns and reloads; every worker maps all of them. Layout in docs/bus.md.
+The supervisor creates one segment per bus slot (a memfd, its memory allocated at once) before it
+starts any worker, so a segment outlives worker respawns and reloads; every worker inherits all of
+their descriptors and maps them (server/bus/provision.py). Layout in docs/bus.md.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -68,15 +70,16 @@ def _align(value: int, to: int) -> int:
     return (value + to - 1) // to * to
 
 
-def segment_path(run_id: str, slot: int) -> str:
-    return f"/dev/shm/wsd-{run_id}-slot{slot}"
+class SegmentAllocationError(OSError):
+    """The memory of a new segment could not be allocated (fallocate failed: ENOSPC, ENOMEM...)."""
 
 
 class Segment:
-    """A mapped segment. `create` initialises a new one; `attach` maps an existing one."""
+    """A mapped segment over a memfd. `create` makes and initialises a new one; `attach` maps one
+    whose descriptor this process inherited."""
 
-    def __init__(self, path: str, mapping: mmap.mmap, layout: SegmentLayout):
-        self.path = path
+    def __init__(self, fd: int, mapping: mmap.mmap, layout: SegmentLayout):
+        self.fd = fd
         self.map = mapping
         self.layout = layout
         self.slot, self.epoch, self.workers = struct.unpack_from("<QQQ", mapping, _SLOT_AT)
@@ -87,41 +90,46 @@ class Segment:
         self.ring = Ring(mapping, layout.ring_at, layout.ring_capacity)
 
     @classmethod
-    def create(
-        cls, path: str, slot: int, workers: int, epoch: int, layout: SegmentLayout, hash_secret: bytes
-    ) -> Segment:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    def create(cls, slot: int, workers: int, epoch: int, layout: SegmentLayout, hash_secret: bytes) -> Segment:
+        """A new segment in memory only (memfd: no name anyone could open), its memory allocated now
+        (so using it can never fail with SIGBUS) and sealed at that size."""
+        if len(hash_secret) != HASH_SECRET_SIZE:
+            raise ValueError(f"the channel hash secret is {HASH_SECRET_SIZE} bytes, got {len(hash_secret)}")
+        fd = os.memfd_create(f"wsd-bus-slot{slot}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, layout.size)
+            try:
+                os.posix_fallocate(fd, 0, layout.size)
+            except OSError as exc:
+                raise SegmentAllocationError(exc.errno, f"cannot allocate {layout.size} bytes for bus slot {slot}: "
+                                             f"{exc.strerror}") from None  # fmt: skip
+            # Nobody (a bug in a worker included) can shrink it under the others' mappings.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             mapping = mmap.mmap(fd, layout.size)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
         struct.pack_into("<QQQQ", mapping, _MAGIC_AT, MAGIC, slot, epoch, workers)
         struct.pack_into(
             "<QQQ", mapping, _RING_CAPACITY_AT, layout.ring_capacity, layout.table_slots, layout.interest_buckets
         )
-        if len(hash_secret) != HASH_SECRET_SIZE:
-            raise ValueError(f"the channel hash secret is {HASH_SECRET_SIZE} bytes, got {len(hash_secret)}")
         mapping[_HASH_SECRET_AT : _HASH_SECRET_AT + HASH_SECRET_SIZE] = hash_secret
-        segment = cls(path, mapping, layout)
-        # The file is new, hence zero: write headers only, so pages stay untouched until used.
+        segment = cls(fd, mapping, layout)
+        # The memory is new, hence zero: write headers only.
         segment.table.init(base_epoch=epoch, already_zeroed=True)
         segment.ring.init()
         return segment
 
     @classmethod
-    def attach(cls, path: str) -> Segment:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            mapping = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+    def attach(cls, fd: int) -> Segment:
+        """Map the segment whose memfd is `fd` (inherited from the supervisor)."""
+        size = os.fstat(fd).st_size
+        mapping = mmap.mmap(fd, size)
         magic = struct.unpack_from("<Q", mapping, _MAGIC_AT)[0]
         if magic != MAGIC:
-            raise ValueError(f"{path} is not a wsd bus segment (bad magic {magic:#x})")
+            raise ValueError(f"descriptor {fd} is not a wsd bus segment (bad magic {magic:#x})")
         ring_capacity, table_slots, buckets = struct.unpack_from("<QQQ", mapping, _RING_CAPACITY_AT)
-        return cls(path, mapping, SegmentLayout(ring_capacity, table_slots, buckets))
+        return cls(fd, mapping, SegmentLayout(ring_capacity, table_slots, buckets))
 
     @property
     def hash_secret(self) -> bytes:
@@ -173,3 +181,6 @@ class Segment:
         except BufferError:
             # Cython views may still reference the map at interpreter exit; the OS unmaps it.
             pass
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -75,7 +75,7 @@ class ClusterBroker(ShmBroker):
         bus_slot: int,
         segments: list[Segment],
         doorbell_socket: socket.socket,
-        run_id: str,
+        doorbell_senders: list[socket.socket],
         role: int | None,
         deliver: DeliverCallback,
         deliveries_done: Callable[[], None],
@@ -88,7 +88,7 @@ class ClusterBroker(ShmBroker):
     ):
         # The role is taken below, once the records of cluster mode are handled: a new holder's
         # first read of the rings holds the requests its predecessor left.
-        super().__init__(loop, bus_slot, segments, doorbell_socket, run_id, None, deliver, deliveries_done,
+        super().__init__(loop, bus_slot, segments, doorbell_socket, doorbell_senders, None, deliver, deliveries_done,
                          history_size, history_ttl_s)  # fmt: skip
         self.cluster = cluster
         self.on_gap = on_gap

@@ -15,7 +15,6 @@ one when the old one exits.
 
 from __future__ import annotations
 
-import glob
 import http.client
 import json
 import logging
@@ -28,10 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
-from wsd.server.bus.doorbell import bind_doorbell
-from wsd.server.bus.segment import HASH_SECRET_SIZE, MAX_SLOTS, Segment, SegmentLayout, segment_path
+from wsd.server.bus.provision import Bus, BusSetupError
+from wsd.server.bus.segment import HASH_SECRET_SIZE, MAX_SLOTS, Segment, SegmentLayout
 from wsd.server.cluster.host import make_status_dir, merge, read_statuses, remove_status_dir
 from wsd.server.control.admin import AdminCommandError, AdminServer
 from wsd.server.control.config import (
@@ -80,8 +77,8 @@ class Supervisor:
         self.run_id = f"{os.getpid()}{secrets.token_hex(2)}"
         self.epoch = secrets.randbits(31) | 1
         self.slots: list[WorkerSlot] = []
+        self.bus: Bus | None = None
         self.segments: list[Segment] = []
-        self.doorbells: list[Any] = []
         self.signal_queue: list[int] = []
         self.state = "starting"
         self.started_at = time.time()
@@ -98,6 +95,7 @@ class Supervisor:
     def setup(self) -> None:
         """Bind everything before starting any worker, so a bad port fails the whole start."""
         config = self.config
+        self.setup_bus()
         ws_sockets = slot_sockets(config.host, config.port, self.workers)
         api_sockets = slot_sockets(config.api_host, config.api_port, self.workers)
         self.port = ws_sockets[0].getsockname()[1]
@@ -112,15 +110,8 @@ class Supervisor:
                 "reload": self.cmd_reload,
             },
         )
-        _remove_stale_segments()
         if config.cluster:
             self.cluster_status_dir = make_status_dir(self.run_id)
-        layout = SegmentLayout(config.ring_size, config.channel_table_slots)
-        hash_secret = secrets.token_bytes(HASH_SECRET_SIZE)  # channel identity, per server (docs/bus.md)
-        for bus_slot in range(2 * self.workers):
-            path = segment_path(self.run_id, bus_slot)
-            self.segments.append(Segment.create(path, bus_slot, self.workers, self.epoch, layout, hash_secret))
-            self.doorbells.append(bind_doorbell(self.run_id, bus_slot))
         self.slots.extend(WorkerSlot(i, ws_sockets[i], api_sockets[i]) for i in range(self.workers))
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.pipe_w)
@@ -131,6 +122,21 @@ class Supervisor:
             "admin socket %s",
             config.host, self.port, config.api_host, self.api_port, self.workers, self.connection_limit,
             config.admin_socket,
+        )  # fmt: skip
+
+    def setup_bus(self) -> None:
+        """The bus first: reserving its memory is what most often cannot be done, and failing
+        here leaves nothing behind (docs/bus.md, "Shared memory")."""
+        layout = SegmentLayout(self.config.ring_size, self.config.channel_table_slots)
+        hash_secret = secrets.token_bytes(HASH_SECRET_SIZE)  # channel identity, per server (docs/bus.md)
+        try:
+            self.bus = Bus.create(self.workers, layout, self.epoch, hash_secret)
+        except BusSetupError as exc:
+            raise SystemExit(f"wsd: {exc}") from None
+        self.segments = self.bus.segments
+        log.info(
+            "bus: %d MiB of shared memory reserved (%d bus slots of %.1f MiB)",
+            self.bus.memory_bytes // (1 << 20), len(self.segments), layout.size / (1 << 20),
         )  # fmt: skip
 
     def _queue_signal(self, signum: int, _frame: Any) -> None:
@@ -447,14 +453,13 @@ class Supervisor:
             "api_connection_limit": per_worker_api_connection_limit(self.config, self.workers),
             "ws_fd": slot.ws_socket.fileno(),
             "api_fd": slot.api_socket.fileno(),
-            "bell_fd": self.doorbells[bus_slot].fileno(),
-            "segments": [segment.path for segment in self.segments],
+            **self.bus.worker_spec(bus_slot),
             "cluster_node_id": self.cluster_node_id,
             "cluster_status_dir": self.cluster_status_dir,
         }
         self.segments[bus_slot].set_role_to_take(None)
         self.segments[bus_slot].set_drain_window_s(None)
-        fds = (slot.ws_socket.fileno(), slot.api_socket.fileno(), self.doorbells[bus_slot].fileno())
+        fds = (slot.ws_socket.fileno(), slot.api_socket.fileno(), *self.bus.pass_fds(bus_slot))
         popen = start_worker_process(spec, fds)
         if not standby and slot.state in ("dead", "crash-loop"):
             slot.restarts += 1
@@ -471,12 +476,8 @@ class Supervisor:
         remove_status_dir(self.cluster_status_dir)
         if self.admin is not None:
             self.admin.close()
-        for segment in self.segments:
-            segment.close()
-            try:
-                os.unlink(segment.path)
-            except FileNotFoundError:
-                pass
+        if self.bus is not None:
+            self.bus.close()  # memory only: gone once the workers are too
 
     # -- admin commands --
 
@@ -546,18 +547,6 @@ class Supervisor:
 
     def cmd_reload(self, _args: dict) -> dict:
         return self.start_reload("wsd ctl reload")
-
-
-def _remove_stale_segments() -> None:
-    """Remove bus segments left by a supervisor that died without cleaning up."""
-    for path in glob.glob("/dev/shm/wsd-*-slot*"):
-        run_id = path.split("-")[1]
-        pid = int(run_id[:-4]) if run_id[:-4].isdigit() else 0
-        if pid and not psutil.pid_exists(pid):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def _new_node_id() -> str:

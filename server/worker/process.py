@@ -25,7 +25,7 @@ from picows import WSCloseCode
 
 from wsd.server.api import PublishError, make_api_protocol_factory, start_api_server
 from wsd.server.bus.broker import ShmBroker
-from wsd.server.bus.segment import Segment
+from wsd.server.bus.provision import attach as attach_bus
 from wsd.server.bus.tick import Periodic
 from wsd.server.control.config import Config
 from wsd.server.counters import WorkerCounters
@@ -59,8 +59,8 @@ class Worker:
         self.cluster_status_dir: str | None = spec.get("cluster_status_dir")
         self.ws_socket = socket.socket(fileno=spec["ws_fd"])
         self.api_socket = socket.socket(fileno=spec["api_fd"])
-        self.bell_socket = socket.socket(fileno=spec["bell_fd"])
-        self.segments = [Segment.attach(path) for path in spec["segments"]]
+        self.bus = attach_bus(spec)  # the inherited segments and doorbells (server/bus/provision.py)
+        self.segments = self.bus.segments
         self.own_segment = self.segments[self.bus_slot]
         self.counters = WorkerCounters()
         self.sessions: set[ClientSession] = set()
@@ -81,7 +81,7 @@ class Worker:
     async def run(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
         broker_arguments = (
-            loop, self.bus_slot, self.segments, self.bell_socket, self.run_id, self.role,
+            loop, self.bus_slot, self.segments, self.bus.doorbell, self.bus.senders, self.role,
             self.node.deliver, self.node.deliveries_done, self.config.history_size, self.config.history_ttl,
         )  # fmt: skip
         if self.config.cluster:  # the cross-host bus on Redis (wsd.server.cluster)

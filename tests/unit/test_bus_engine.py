@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -25,12 +24,10 @@ class Cluster:
     bus slots, as in wsd, so a test can add a stand-by engine on bus slot workers + n."""
 
     def __init__(self, workers: int, ring_capacity: int = 1 << 16, table_slots: int = 1024, hasher=None):
-        self.run_id = uuid.uuid4().hex[:8]
         layout = SegmentLayout(ring_capacity, table_slots)
         secret = os.urandom(32)
         self.hasher = hasher or ChannelHasher(secret).hash
-        self.paths = [f"/dev/shm/wsd-test-{self.run_id}-slot{i}" for i in range(2 * workers)]
-        self.segments = [Segment.create(p, i, workers, 77, layout, secret) for i, p in enumerate(self.paths)]
+        self.segments = [Segment.create(i, workers, 77, layout, secret) for i in range(2 * workers)]
         self.delivered: list[list[tuple[str, int, bytes]]] = [[] for _ in range(2 * workers)]
         self.acks: list[dict[int, int]] = [{} for _ in range(2 * workers)]
         self.doorbells: list[int] = []
@@ -38,7 +35,8 @@ class Cluster:
         self.engines = [self.start(i, role=i) for i in range(workers)]
 
     def start(self, slot: int, role: int | None = None) -> BusEngine:
-        segments = [Segment.attach(p) for p in self.paths]
+        # Each engine maps the memfds through descriptors of its own, as a worker does.
+        segments = [Segment.attach(os.dup(segment.fd)) for segment in self.segments]
 
         def deliver(_h, channel, _epoch, offset, data, _ts):
             self.delivered[slot].append((channel.decode(), offset, data))
@@ -61,8 +59,8 @@ class Cluster:
         raise AssertionError("no channel found")
 
     def close(self) -> None:
-        for path in self.paths:
-            os.unlink(path)
+        for segment in self.segments:
+            segment.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ records read in ring order among the messages."""
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
@@ -18,18 +17,16 @@ class Host:
     """Two roles held by the engines of bus slots 0 and 1 (out of 4)."""
 
     def __init__(self):
-        run_id = uuid.uuid4().hex[:8]
-        self.paths = [f"/dev/shm/wsd-test-{run_id}-slot{i}" for i in range(4)]
         layout = SegmentLayout(1 << 16, 1024)
         secret = os.urandom(32)
         self.hash = ChannelHasher(secret).hash
-        self.segments = [Segment.create(p, i, 2, 77, layout, secret) for i, p in enumerate(self.paths)]
+        self.segments = [Segment.create(i, 2, 77, layout, secret) for i in range(4)]
         self.events: list[list[tuple]] = [[] for _ in range(4)]
         self.engines = [self.start(slot) for slot in range(2)]
 
     def start(self, slot: int) -> BusEngine:
         events = self.events[slot]
-        engine = BusEngine(slot, [Segment.attach(p) for p in self.paths],
+        engine = BusEngine(slot, [Segment.attach(os.dup(segment.fd)) for segment in self.segments],
                            lambda _h, channel, epoch, offset, data, _ts: events.append(("msg", channel, epoch, offset,
                                                                                         data)),
                            lambda token, offset: None, lambda _slot: None, role=slot)  # fmt: skip
@@ -40,8 +37,8 @@ class Host:
         return next(name for n in range(1000) if self.hash(name := f"c{n}".encode())[0] % 2 == role)
 
     def close(self):
-        for path in self.paths:
-            os.unlink(path)
+        for segment in self.segments:
+            segment.close()
 
 
 @pytest.fixture
