@@ -17,6 +17,8 @@ cdef const char* MSG_OFF = b'","off":'
 cdef Py_ssize_t MSG_OFF_LEN = 8
 cdef const char* MSG_DATA = b',"data":'
 cdef Py_ssize_t MSG_DATA_LEN = 8
+cdef const char* MSG_FROM = b',"from":'
+cdef Py_ssize_t MSG_FROM_LEN = 8
 
 
 cdef inline Py_ssize_t header_length(Py_ssize_t payload_length) noexcept nogil:
@@ -56,14 +58,19 @@ def text_frame(const unsigned char[::1] payload not None) -> bytes:
 
 
 def msg_frame(const unsigned char[::1] channel not None, uint64_t off,
-              const unsigned char[::1] data not None) -> bytes:
-    """The text frame of `{"op":"msg","ch":<channel>,"off":<off>,"data":<data>}`, in one allocation."""
+              const unsigned char[::1] data not None, bytes from_json not None = b"") -> bytes:
+    """The text frame of `{"op":"msg","ch":<channel>,"off":<off>,"data":<data>}`, in one allocation;
+    with `from_json` (the publishing user's id as a JSON string), `,"from":<from_json>` before the
+    closing brace."""
     cdef char off_digits[24]
     cdef Py_ssize_t off_len = snprintf(off_digits, sizeof(off_digits), "%llu", <unsigned long long>off)
     cdef Py_ssize_t channel_len = channel.shape[0]
     cdef Py_ssize_t data_len = data.shape[0]
+    cdef Py_ssize_t from_len = len(from_json)
     cdef Py_ssize_t length = (MSG_PREFIX_LEN + channel_len + MSG_OFF_LEN + off_len + MSG_DATA_LEN
                               + data_len + 1)
+    if from_len:
+        length += MSG_FROM_LEN + from_len
     cdef Py_ssize_t header = header_length(length)
     cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + length)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(frame)
@@ -83,6 +90,11 @@ def msg_frame(const unsigned char[::1] channel not None, uint64_t off,
     if data_len:
         memcpy(p, &data[0], data_len)
         p += data_len
+    if from_len:
+        memcpy(p, MSG_FROM, MSG_FROM_LEN)
+        p += MSG_FROM_LEN
+        memcpy(p, PyBytes_AS_STRING(from_json), from_len)
+        p += from_len
     p[0] = b'}'
     return frame
 

@@ -23,14 +23,18 @@ def text_frame(payload: bytes) -> bytes:
     return frame_header(len(payload)) + payload
 
 
-def msg_payload(channel: bytes, off: int, data: bytes) -> bytes:
-    """The JSON text of a `msg` event (channel names need no escaping; data is already JSON)."""
-    return b'{"op":"msg","ch":"' + channel + b'","off":' + str(off).encode() + b',"data":' + data + b"}"
+def msg_payload(channel: bytes, off: int, data: bytes, from_json: bytes = b"") -> bytes:
+    """The JSON text of a `msg` event (channel names need no escaping; data is already JSON; so is
+    `from_json`, the publishing user's id as a JSON string, left out when empty)."""
+    head = b'{"op":"msg","ch":"' + channel + b'","off":' + str(off).encode() + b',"data":' + data
+    if from_json:
+        head += b',"from":' + from_json
+    return head + b"}"
 
 
-def msg_frame(channel: bytes, off: int, data: bytes) -> bytes:
-    """The text frame of a `msg` event for `channel` at offset `off`."""
-    return text_frame(msg_payload(channel, off, data))
+def msg_frame(channel: bytes, off: int, data: bytes, from_json: bytes = b"") -> bytes:
+    """The text frame of a `msg` event for `channel` at offset `off` (published by `from_json`)."""
+    return text_frame(msg_payload(channel, off, data, from_json))
 
 
 def write_frame_to_all(frame: bytes, transports: Iterable, high_water: int) -> list:

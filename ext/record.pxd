@@ -11,6 +11,7 @@ cdef class Msg:
     cdef readonly uint64_t chan_hash
     cdef readonly bytes channel
     cdef readonly bytes data
+    cdef readonly bytes sender
 
 
 cdef class PubReq:
@@ -21,3 +22,4 @@ cdef class PubReq:
     cdef readonly uint64_t chan_hash
     cdef readonly bytes channel
     cdef readonly bytes data
+    cdef readonly bytes sender

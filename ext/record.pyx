@@ -14,11 +14,13 @@ TAG_PUBREQ = 2
 NO_SLOT = 0xFFFF
 NO_POSITION = 0xFFFFFFFFFFFFFFFF
 MAX_CHANNEL_LENGTH = 255
+MAX_SENDER_LENGTH = 255
 
 # MSG: off, prev_pos, ts_ns, token, chan_hash (u64), epoch, data_len (u32), origin_slot (u16),
-# channel_len (u8), reserved (u8, 0), then channel bytes and data bytes.
+# channel_len (u8), sender_len (u8), then channel bytes, sender bytes and data bytes.
 # PUBREQ: token, ts_ns, chan_hash (u64), data_len (u32), target_slot, origin_slot (u16),
-# channel_len (u8), reserved (u8, 0), then channel bytes and data bytes.
+# channel_len (u8), sender_len (u8), then channel bytes, sender bytes and data bytes.
+# The sender is the publishing client's user id (UTF-8; empty: none, as for API publishes).
 
 cpdef enum:  # cpdef: the header sizes are also Python-visible (size checks at publish time)
     MSG_HEADER_SIZE = 52
@@ -66,7 +68,8 @@ cdef class Msg:
         return (
             f"Msg(epoch={self.epoch}, origin_slot={self.origin_slot}, off={self.off}, "
             f"prev_pos={self.prev_pos}, ts_ns={self.ts_ns}, token={self.token}, "
-            f"chan_hash={self.chan_hash}, channel={self.channel!r}, data={self.data!r})"
+            f"chan_hash={self.chan_hash}, channel={self.channel!r}, data={self.data!r}, "
+            f"sender={self.sender!r})"
         )
 
 
@@ -77,13 +80,19 @@ cdef class PubReq:
         return (
             f"PubReq(target_slot={self.target_slot}, origin_slot={self.origin_slot}, "
             f"token={self.token}, ts_ns={self.ts_ns}, chan_hash={self.chan_hash}, "
-            f"channel={self.channel!r}, data={self.data!r})"
+            f"channel={self.channel!r}, data={self.data!r}, sender={self.sender!r})"
         )
 
 
 cdef inline int check_channel(Py_ssize_t channel_len) except -1:
     if channel_len < 1 or channel_len > MAX_CHANNEL_LENGTH:
         raise ValueError(f"channel name must be 1..{MAX_CHANNEL_LENGTH} bytes, got {channel_len}")
+    return 0
+
+
+cdef inline int check_sender(Py_ssize_t sender_len) except -1:
+    if sender_len > MAX_SENDER_LENGTH:
+        raise ValueError(f"sender must be at most {MAX_SENDER_LENGTH} bytes, got {sender_len}")
     return 0
 
 
@@ -103,13 +112,16 @@ def encode_msg(
     uint64_t chan_hash,
     const unsigned char[::1] channel not None,
     const unsigned char[::1] data not None,
+    bytes sender not None = b"",
 ) -> bytes:
     """The payload of a MSG ring entry."""
     cdef Py_ssize_t channel_len = channel.shape[0]
     cdef Py_ssize_t data_len = data.shape[0]
+    cdef Py_ssize_t sender_len = len(sender)
     check_channel(channel_len)
+    check_sender(sender_len)
     check_data(data_len)
-    cdef bytes payload = PyBytes_FromStringAndSize(NULL, MSG_HEADER_SIZE + channel_len + data_len)
+    cdef bytes payload = PyBytes_FromStringAndSize(NULL, MSG_HEADER_SIZE + channel_len + sender_len + data_len)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(payload)
     put_u64(p, off)
     put_u64(p + 8, prev_pos)
@@ -120,20 +132,20 @@ def encode_msg(
     put_u32(p + 44, <uint32_t>data_len)
     put_u16(p + 48, origin_slot)
     p[50] = <uint8_t>channel_len
-    p[51] = 0
+    p[51] = <uint8_t>sender_len
     memcpy(p + MSG_HEADER_SIZE, &channel[0], channel_len)
+    if sender_len:
+        memcpy(p + MSG_HEADER_SIZE + channel_len, PyBytes_AS_STRING(sender), sender_len)
     if data_len:
-        memcpy(p + MSG_HEADER_SIZE + channel_len, &data[0], data_len)
+        memcpy(p + MSG_HEADER_SIZE + channel_len + sender_len, &data[0], data_len)
     return payload
 
 
 cdef int check_body(str kind, Py_ssize_t payload_len, Py_ssize_t header_size, Py_ssize_t channel_len,
-                    Py_ssize_t data_len, uint8_t reserved) except -1:
-    if reserved != 0:
-        raise ValueError(f"malformed {kind} record: reserved byte is {reserved}, expected 0")
+                    Py_ssize_t sender_len, Py_ssize_t data_len) except -1:
     if channel_len == 0:
         raise ValueError(f"malformed {kind} record: empty channel name")
-    cdef Py_ssize_t expected = header_size + channel_len + data_len
+    cdef Py_ssize_t expected = header_size + channel_len + sender_len + data_len
     if payload_len != expected:
         raise ValueError(
             f"malformed {kind} record: {payload_len} bytes, the header announces {expected} "
@@ -150,7 +162,8 @@ def decode_msg(const unsigned char[::1] payload not None) -> Msg:
     cdef const unsigned char* p = &payload[0]
     cdef Py_ssize_t data_len = get_u32(p + 44)
     cdef Py_ssize_t channel_len = p[50]
-    check_body("MSG", payload_len, MSG_HEADER_SIZE, channel_len, data_len, p[51])
+    cdef Py_ssize_t sender_len = p[51]
+    check_body("MSG", payload_len, MSG_HEADER_SIZE, channel_len, sender_len, data_len)
     cdef Msg msg = Msg.__new__(Msg)
     msg.off = get_u64(p)
     msg.prev_pos = get_u64(p + 8)
@@ -160,7 +173,8 @@ def decode_msg(const unsigned char[::1] payload not None) -> Msg:
     msg.epoch = get_u32(p + 40)
     msg.origin_slot = get_u16(p + 48)
     msg.channel = PyBytes_FromStringAndSize(<const char*>(p + MSG_HEADER_SIZE), channel_len)
-    msg.data = PyBytes_FromStringAndSize(<const char*>(p + MSG_HEADER_SIZE + channel_len), data_len)
+    msg.sender = PyBytes_FromStringAndSize(<const char*>(p + MSG_HEADER_SIZE + channel_len), sender_len)
+    msg.data = PyBytes_FromStringAndSize(<const char*>(p + MSG_HEADER_SIZE + channel_len + sender_len), data_len)
     return msg
 
 
@@ -172,13 +186,16 @@ def encode_pubreq(
     uint64_t chan_hash,
     const unsigned char[::1] channel not None,
     const unsigned char[::1] data not None,
+    bytes sender not None = b"",
 ) -> bytes:
     """The payload of a PUBREQ ring entry."""
     cdef Py_ssize_t channel_len = channel.shape[0]
     cdef Py_ssize_t data_len = data.shape[0]
+    cdef Py_ssize_t sender_len = len(sender)
     check_channel(channel_len)
+    check_sender(sender_len)
     check_data(data_len)
-    cdef bytes payload = PyBytes_FromStringAndSize(NULL, PUBREQ_HEADER_SIZE + channel_len + data_len)
+    cdef bytes payload = PyBytes_FromStringAndSize(NULL, PUBREQ_HEADER_SIZE + channel_len + sender_len + data_len)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(payload)
     put_u64(p, token)
     put_u64(p + 8, ts_ns)
@@ -187,10 +204,12 @@ def encode_pubreq(
     put_u16(p + 28, target_slot)
     put_u16(p + 30, origin_slot)
     p[32] = <uint8_t>channel_len
-    p[33] = 0
+    p[33] = <uint8_t>sender_len
     memcpy(p + PUBREQ_HEADER_SIZE, &channel[0], channel_len)
+    if sender_len:
+        memcpy(p + PUBREQ_HEADER_SIZE + channel_len, PyBytes_AS_STRING(sender), sender_len)
     if data_len:
-        memcpy(p + PUBREQ_HEADER_SIZE + channel_len, &data[0], data_len)
+        memcpy(p + PUBREQ_HEADER_SIZE + channel_len + sender_len, &data[0], data_len)
     return payload
 
 
@@ -202,7 +221,8 @@ def decode_pubreq(const unsigned char[::1] payload not None) -> PubReq:
     cdef const unsigned char* p = &payload[0]
     cdef Py_ssize_t data_len = get_u32(p + 24)
     cdef Py_ssize_t channel_len = p[32]
-    check_body("PUBREQ", payload_len, PUBREQ_HEADER_SIZE, channel_len, data_len, p[33])
+    cdef Py_ssize_t sender_len = p[33]
+    check_body("PUBREQ", payload_len, PUBREQ_HEADER_SIZE, channel_len, sender_len, data_len)
     cdef PubReq request = PubReq.__new__(PubReq)
     request.token = get_u64(p)
     request.ts_ns = get_u64(p + 8)
@@ -210,7 +230,10 @@ def decode_pubreq(const unsigned char[::1] payload not None) -> PubReq:
     request.target_slot = get_u16(p + 28)
     request.origin_slot = get_u16(p + 30)
     request.channel = PyBytes_FromStringAndSize(<const char*>(p + PUBREQ_HEADER_SIZE), channel_len)
-    request.data = PyBytes_FromStringAndSize(<const char*>(p + PUBREQ_HEADER_SIZE + channel_len), data_len)
+    request.sender = PyBytes_FromStringAndSize(<const char*>(p + PUBREQ_HEADER_SIZE + channel_len), sender_len)
+    request.data = PyBytes_FromStringAndSize(
+        <const char*>(p + PUBREQ_HEADER_SIZE + channel_len + sender_len), data_len
+    )
     return request
 
 

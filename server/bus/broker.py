@@ -82,9 +82,9 @@ class ShmBroker:
     def unavailable(self, channel: str) -> None:
         return None  # the host's own bus is always there
 
-    def publish(self, channel: str, data_json: bytes) -> Pending[int]:
+    def publish(self, channel: str, data_json: bytes, sender: bytes = b"") -> Pending[int]:
         try:
-            offset, token = self.engine.publish(channel, data_json)
+            offset, token = self.engine.publish(channel, data_json, sender)
         except MessageTooLarge as exc:
             raise BrokerError(str(exc), status=413) from None
         except BusError as exc:
@@ -108,7 +108,7 @@ class ShmBroker:
         epoch, offset = self.engine.position(channel)
         return StreamPosition(offset, epoch)
 
-    def history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes]] | None:
+    def history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes, bytes]] | None:
         not_before_ns = time.time_ns() - int(self.history_ttl_s * 1e9)
         return self.engine.history(channel, since.epoch, since.offset, upto, self.history_size, not_before_ns)
 

@@ -66,8 +66,9 @@ _POSITION_MASK = (1 << _POSITION_BITS) - 1
 # channel fails: channels found in use move to the back, so the next search looks at others.
 EVICTION_CANDIDATES = 64
 
-# deliver(chan_hash, channel, epoch, offset, data_json, ts_ns)
-DeliverCallback = Callable[[int, bytes, int, int, bytes, int], None]
+# deliver(chan_hash, channel, epoch, offset, data_json, ts_ns, sender): sender is the publishing
+# client's user id (UTF-8), b"" for none
+DeliverCallback = Callable[[int, bytes, int, int, bytes, int, bytes], None]
 # acknowledge(token, offset)
 AckCallback = Callable[[int, int], None]
 # hash(name) -> (h1, h2)
@@ -218,7 +219,9 @@ class BusEngine:
             table.forget(*key)  # its state is lost: it comes back in a new epoch
         return sequenced
 
-    def _sequence(self, h1: int, h2: int, channel: bytes, data: bytes, origin: int, token: int, ts_ns: int) -> int:
+    def _sequence(
+        self, h1: int, h2: int, channel: bytes, data: bytes, origin: int, token: int, ts_ns: int, sender: bytes = b""
+    ) -> int:
         table = self.segments[self.role].table
         current = table.get(h1, h2)
         if current is None:
@@ -227,14 +230,17 @@ class BusEngine:
             epoch, offset, prev_pos = table.absent_epoch(h1), 1, NO_POSITION
         else:
             epoch, offset, prev_pos = current[0], current[1] + 1, current[2]
-        return self._append_message(table, h1, h2, channel, data, origin, token, ts_ns, epoch, offset, prev_pos)
+        return self._append_message(
+            table, h1, h2, channel, data, origin, token, ts_ns, epoch, offset, prev_pos, sender
+        )
 
     def _append_message(
         self, table: ChannelTable, h1: int, h2: int, channel: bytes, data: bytes, origin: int, token: int,
-        ts_ns: int, epoch: int, offset: int, prev_pos: int,
+        ts_ns: int, epoch: int, offset: int, prev_pos: int, sender: bytes = b"",
     ) -> int:  # fmt: skip
-        """Append the MSG of a sequenced message and record it as the channel's latest."""
-        record = encode_msg(epoch, origin, offset, prev_pos, ts_ns, token, h1, channel, data)
+        """Append the MSG of a sequenced message (`sender`: the publishing client's user id, b"" for
+        none) and record it as the channel's latest."""
+        record = encode_msg(epoch, origin, offset, prev_pos, ts_ns, token, h1, channel, data, sender)
         position = self.own.ring.append(TAG_MSG, record)
         table.put(h1, h2, epoch, offset, chain_position(self.bus_slot, position), ts_ns)
         if origin != NO_SLOT and origin != self.bus_slot:
@@ -295,8 +301,8 @@ class BusEngine:
         than one ring entry's worth (a quarter of the ring), so one request never laps a reader."""
         return self.own.ring.max_payload
 
-    def _check_size(self, name: bytes, data_json: bytes) -> None:
-        limit = self.own.ring.max_payload - MSG_HEADER_SIZE - len(name)
+    def _check_size(self, name: bytes, data_json: bytes, sender: bytes = b"") -> None:
+        limit = self.own.ring.max_payload - MSG_HEADER_SIZE - len(name) - len(sender)
         if len(data_json) > limit:
             raise MessageTooLarge(
                 f"message too large for the bus: {len(data_json)} bytes of data on channel "
@@ -304,19 +310,20 @@ class BusEngine:
                 f"--ring-size {self.own.ring.capacity}; raise it for larger messages)"
             )
 
-    def publish(self, channel: str, data_json: bytes) -> tuple[int, int]:
-        """Publish; returns (offset, 0) when this process sequences the channel, else (0, token).
+    def publish(self, channel: str, data_json: bytes, sender: bytes = b"") -> tuple[int, int]:
+        """Publish (`sender`: the publishing client's user id, b"" for none); returns (offset, 0)
+        when this process sequences the channel, else (0, token).
 
         Raises MessageTooLarge (nothing written) if the message cannot travel on the bus, BusError
         if the channel table has no room for a new channel."""
         name = channel.encode()
-        self._check_size(name, data_json)
+        self._check_size(name, data_json, sender)
         h1, h2 = self.hash(name)
         role = h1 % self.roles
         now = time.time_ns()
         if role == self.role:
             try:
-                offset = self._sequence(h1, h2, name, data_json, NO_SLOT, 0, now)
+                offset = self._sequence(h1, h2, name, data_json, NO_SLOT, 0, now, sender)
             except TableFullError as exc:
                 raise BusError(f"cannot publish to {channel!r}: {exc}") from None
             self._ring_interested({h1})
@@ -324,7 +331,8 @@ class BusEngine:
         self._token_counter += 1
         token = self._token_prefix | self._token_counter
         self.pending_tokens.add(token)
-        self.own.ring.append(TAG_PUBREQ, encode_pubreq(role, self.bus_slot, token, now, h1, name, data_json))
+        request = encode_pubreq(role, self.bus_slot, token, now, h1, name, data_json, sender)
+        self.own.ring.append(TAG_PUBREQ, request)
         holder = self.segments[role].role_holder()
         if holder is not None:
             self.ring_doorbell(holder)  # with no holder (a hand-over), the next one polls at once
@@ -393,10 +401,10 @@ class BusEngine:
 
     def history(
         self, channel: str, epoch: int, after: int, upto: int, max_count: int, not_before_ns: int
-    ) -> list[tuple[int, bytes]] | None:
-        """The messages after..upto (exclusive, inclusive) of a channel, oldest first, or None if
-        history no longer reaches back that far (overwritten, over max_count, older than
-        not_before_ns, another epoch, or the channel was forgotten)."""
+    ) -> list[tuple[int, bytes, bytes]] | None:
+        """The messages after..upto (exclusive, inclusive) of a channel, oldest first, as (offset,
+        data, sender), or None if history no longer reaches back that far (overwritten, over
+        max_count, older than not_before_ns, another epoch, or the channel was forgotten)."""
         if upto - after > max_count or after > upto:
             return None
         if after == upto:
@@ -406,7 +414,7 @@ class BusEngine:
         current = self.segments[self.role_of(h1)].table.get(h1, h2)
         if current is None or current[0] != epoch:
             return None
-        found: list[tuple[int, bytes]] = []
+        found: list[tuple[int, bytes, bytes]] = []
         position = current[2]
         expected = current[1]
         while expected > after:
@@ -424,7 +432,7 @@ class BusEngine:
             if msg.ts_ns < not_before_ns:
                 return None
             if msg.off <= upto:
-                found.append((msg.off, msg.data))
+                found.append((msg.off, msg.data, msg.sender))
             position = msg.prev_pos
             expected -= 1
         found.reverse()
@@ -504,7 +512,10 @@ class BusEngine:
         if h1 % self.roles != self.role:
             raise ValueError(f"publish request for {request.channel!r} addressed to role {self.role}, not its own")
         try:
-            self._sequence(h1, h2, request.channel, request.data, request.origin_slot, request.token, request.ts_ns)
+            self._sequence(
+                h1, h2, request.channel, request.data, request.origin_slot, request.token, request.ts_ns,
+                request.sender,
+            )  # fmt: skip
         except TableFullError as exc:
             log.error("cannot sequence publish on %r: %s", request.channel, exc)
             return None
@@ -542,7 +553,7 @@ class BusEngine:
             self.gaps += 1
             log.warning("gap on %r: expected offset %d, got %d", msg.channel, tracked.offset + 1, msg.off)
         tracked.offset = msg.off
-        self.deliver(chan_hash, msg.channel, msg.epoch, msg.off, msg.data, msg.ts_ns)
+        self.deliver(chan_hash, msg.channel, msg.epoch, msg.off, msg.data, msg.ts_ns, msg.sender)
 
     # -- cluster mode: messages sequenced elsewhere (Redis), records of other layers --
     # (wsd.server.cluster.owner uses these; the bus itself never calls them)

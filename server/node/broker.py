@@ -42,8 +42,10 @@ class BrokerError(Exception):
         self.status = status
 
 
-# deliver(chan_hash, channel name, epoch, offset, data as JSON bytes, publish time in ns)
-DeliverCallback = Callable[[int, bytes, int, int, bytes, int], None]
+# deliver(chan_hash, channel name, epoch, offset, data as JSON bytes, publish time in ns, sender):
+# the sender is the user id (UTF-8) of the client that published the message, b"" for none (an API
+# publish); subscribers see it as the delivery's "from".
+DeliverCallback = Callable[[int, bytes, int, int, bytes, int, bytes], None]
 
 
 class Broker(Protocol):
@@ -56,8 +58,9 @@ class Broker(Protocol):
         cluster's Redis is down), or None. Asked for every new subscription, not only the first."""
         ...
 
-    def publish(self, channel: str, data_json: bytes) -> Pending[int]:
-        """Publish `data_json` on `channel`; its offset. Raises (or resolves to) BrokerError."""
+    def publish(self, channel: str, data_json: bytes, sender: bytes = b"") -> Pending[int]:
+        """Publish `data_json` on `channel` for the client user `sender` (b"": the API); its offset.
+        Raises (or resolves to) BrokerError."""
         ...
 
     def subscribe(self, channel: str) -> Pending[StreamPosition]:
@@ -73,7 +76,10 @@ class Broker(Protocol):
         """The last position delivered here of a channel this process has interest in."""
         ...
 
-    def history(self, channel: str, since: StreamPosition, upto: int) -> Pending[list[tuple[int, bytes]] | None]:
+    def history(
+        self, channel: str, since: StreamPosition, upto: int
+    ) -> Pending[list[tuple[int, bytes, bytes]] | None]:
         """The messages after `since` up to offset `upto` (inclusive), oldest first, as (offset,
-        data); None when history no longer reaches back that far (or `since` is of another epoch)."""
+        data, sender); None when history no longer reaches back that far (or `since` is of another
+        epoch)."""
         ...

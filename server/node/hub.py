@@ -83,12 +83,13 @@ class Hub:
 
     # -- fan-out --
 
-    def fan_out(self, channel_key: bytes, channel: bytes, offset: int, data: bytes) -> int:
-        """Queue one message for the channel's current subscribers; `flush` writes it."""
+    def fan_out(self, channel_key: bytes, channel: bytes, offset: int, data: bytes, from_json: bytes = b"") -> int:
+        """Queue one message for the channel's current subscribers (`from_json`: the publishing
+        user's id as JSON, b"" for none); `flush` writes it."""
         members = self.by_channel.get(channel_key)
         if not members:
             return 0
-        frame = msg_frame(channel, offset, data)
+        frame = msg_frame(channel, offset, data, from_json)
         if channel_key in self.held_channels:
             for (held_key, _transport), kept in self.held.items():
                 if held_key == channel_key:

@@ -29,6 +29,7 @@ class Cluster:
         self.hasher = hasher or ChannelHasher(secret).hash
         self.segments = [Segment.create(i, workers, 77, layout, secret) for i in range(2 * workers)]
         self.delivered: list[list[tuple[str, int, bytes]]] = [[] for _ in range(2 * workers)]
+        self.senders: list[list[bytes]] = [[] for _ in range(2 * workers)]
         self.acks: list[dict[int, int]] = [{} for _ in range(2 * workers)]
         self.doorbells: list[int] = []
         self.workers = workers
@@ -38,8 +39,9 @@ class Cluster:
         # Each engine maps the memfds through descriptors of its own, as a worker does.
         segments = [Segment.attach(os.dup(segment.fd)) for segment in self.segments]
 
-        def deliver(_h, channel, _epoch, offset, data, _ts):
+        def deliver(_h, channel, _epoch, offset, data, _ts, sender):
             self.delivered[slot].append((channel.decode(), offset, data))
+            self.senders[slot].append(sender)
 
         def acknowledge(token, offset):
             self.acks[slot][token] = offset
@@ -99,6 +101,20 @@ def test_non_owner_publish_goes_through_the_owner_and_is_acknowledged(cluster):
     c.engines[1].poll()  # the publisher reads the MSG: delivery and acknowledgement
     assert c.acks[1] == {token: 1}
     assert c.delivered[1] == [(channel, 1, b"1")]
+
+
+def test_the_publishing_users_id_travels_with_the_message_to_deliveries_and_history(cluster):
+    c = cluster(2)
+    channel = c.channel_owned_by(0)
+    epoch, _ = c.engines[1].subscribe(channel)
+    c.engines[0].publish(channel, b"1", "zoë".encode())  # sequenced at once by the owner
+    c.engines[1].publish(channel, b"2", b"42")  # a PUBREQ to the owner
+    c.engines[1].publish(channel, b"3")  # an API publish: no sender
+    c.poll_all()
+    assert c.delivered[1] == [(channel, 1, b"1"), (channel, 2, b"2"), (channel, 3, b"3")]
+    assert c.senders[1] == ["zoë".encode(), b"42", b""]
+    assert c.engines[1].history(channel, epoch, 0, 3, 100, 0) == [(1, b"1", "zoë".encode()), (2, b"2", b"42"),
+                                                                  (3, b"3", b"")]  # fmt: skip
 
 
 def test_subscribe_reports_the_offset_after_which_every_message_is_delivered(cluster):
@@ -211,7 +227,7 @@ def test_history_replays_across_rings_and_reports_what_is_gone(cluster):
     epoch, current = reader.subscribe(channel)
     assert current == 8
     history = reader.history(channel, epoch, 2, 8, 100, 0)
-    assert history == [(n, str(n).encode()) for n in range(3, 9)]
+    assert history == [(n, str(n).encode(), b"") for n in range(3, 9)]
     assert reader.history(channel, epoch, 0, 8, 5, 0) is None  # more than max_count
     assert reader.history(channel, epoch + 1, 2, 8, 100, 0) is None  # another epoch
     assert reader.history(channel, epoch, 2, 8, 100, time.time_ns() + 10**9) is None  # too old
@@ -227,7 +243,7 @@ def test_history_is_gone_once_the_ring_overwrote_it(cluster):
         c.engines[0].publish(other, b'"' + b"x" * 100 + b'"')
     c.engines[0].publish(channel, b"new")
     epoch, current = c.engines[1].subscribe(channel)
-    assert c.engines[1].history(channel, epoch, 1, 2, 100, 0) == [(2, b"new")]
+    assert c.engines[1].history(channel, epoch, 1, 2, 100, 0) == [(2, b"new", b"")]
     assert c.engines[1].history(channel, epoch, 0, 2, 100, 0) is None
 
 

@@ -51,10 +51,26 @@ def test_msg_frame_payload_is_the_json_event(module, data_size):
                        + data + b"}")
 
 
+@pytest.mark.parametrize("module", IMPLEMENTATIONS, ids=["cython", "ref"])
+@pytest.mark.parametrize("sub", ["42", 'quote" back\\slash', "zoë ☃", "u" * 255])
+def test_msg_frame_of_a_client_publish_carries_from(module, sub):
+    from_json = json.dumps(sub, ensure_ascii=False).encode()
+    data = b'{"t":"hi"}'
+    frame = module.msg_frame(b"room:1", 7, data, from_json)
+    fin, opcode, payload = parse_frame(frame)
+    assert (fin, opcode) == (True, 0x1)
+    assert json.loads(payload) == {"op": "msg", "ch": "room:1", "off": 7, "data": {"t": "hi"}, "from": sub}
+    assert module.msg_frame(b"room:1", 7, data, b"") == module.msg_frame(b"room:1", 7, data)  # API: no from
+
+
 @given(channel=st.text(CHANNEL_ALPHABET, min_size=1, max_size=64), off=st.integers(0, 2**64 - 1),
-       data=st.binary(max_size=300))
-def test_cython_frames_equal_the_reference(channel, off, data):
+       data=st.binary(max_size=300), sub=st.text(max_size=40))
+def test_cython_frames_equal_the_reference(channel, off, data, sub):
     assert frames.msg_frame(channel.encode(), off, data) == frames_ref.msg_frame(channel.encode(), off, data)
+    from_json = json.dumps(sub).encode()
+    assert frames.msg_frame(channel.encode(), off, data, from_json) == frames_ref.msg_frame(
+        channel.encode(), off, data, from_json
+    )
     assert frames.text_frame(data) == frames_ref.text_frame(data)
 
 
