@@ -32,8 +32,9 @@ from wsd.server.auth.permissions import NO_CHANNELS, ChannelPatterns, PatternErr
 # Real tokens are a few hundred bytes; a cap keeps a hostile client from making us base64-decode
 # and JSON-parse megabytes before the signature check refuses them.
 MAX_TOKEN_LENGTH = 8192
-# `sub` is echoed on every message the user publishes ("from"); a user id is short.
-MAX_SUB_LENGTH = 256
+# `sub` is echoed on every message the user publishes ("from") and travels in the bus record of
+# each (wsd.ext.record: at most 255 bytes); a user id is short.
+MAX_SUB_BYTES = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +136,8 @@ class TokenVerifier:
             return AuthError("bad sub: must be a string", "claim")
         if not sub:
             return AuthError("bad sub: empty", "claim")
-        if len(sub) > MAX_SUB_LENGTH:
-            return AuthError(f"bad sub: over {MAX_SUB_LENGTH} characters", "claim")
+        if len(sub) > MAX_SUB_BYTES // 4 and len(sub.encode()) > MAX_SUB_BYTES:
+            return AuthError(f"bad sub: over {MAX_SUB_BYTES} bytes (UTF-8)", "claim")
         if "jti" in claims and not isinstance(claims["jti"], str):
             return AuthError("bad jti: must be a string", "claim")
         exp = _number(claims["exp"])

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from picows import WSCloseCode
 
 from wsd.ext.frames import msg_frame, text_frame
@@ -36,7 +37,6 @@ from wsd.server.protocol import (
 )
 
 log = logging.getLogger("wsd.node")
-
 
 
 class Node:
@@ -69,8 +69,11 @@ class Node:
 
     # -- deliveries from the broker --
 
-    def deliver(self, chan_hash: int, channel: bytes, epoch: int, offset: int, data: bytes, ts_ns: int) -> None:
-        self.hub.fan_out(channel, channel, offset, data)  # by name: channels may share a hash
+    def deliver(
+        self, chan_hash: int, channel: bytes, epoch: int, offset: int, data: bytes, ts_ns: int, sender: bytes = b""
+    ) -> None:
+        # By name: channels may share a hash.
+        self.hub.fan_out(channel, channel, offset, data, from_json(sender) if sender else b"")
 
     def deliver_gap(self, channel: bytes, epoch: int, offset: int) -> None:
         """The broker lost the channel's messages up to (epoch, offset): tell its subscribers, in
@@ -145,7 +148,7 @@ class Node:
 
     def _missed(
         self, channel: str, request: Subscribe, position: StreamPosition
-    ) -> Pending[list[tuple[int, bytes]] | None]:
+    ) -> Pending[list[tuple[int, bytes, bytes]] | None]:
         if request.since is None:
             return None
         since_offset, since_epoch = request.since
@@ -184,7 +187,7 @@ class Node:
         request: Subscribe,
         key: bytes,
         position: StreamPosition,
-        missed: list[tuple[int, bytes]] | None,
+        missed: list[tuple[int, bytes, bytes]] | None,
         kept: list[tuple[int, bytes]] = (),
     ) -> None:
         reply: dict[str, Any] = {"off": position.offset, "epoch": position.epoch}
@@ -196,7 +199,9 @@ class Node:
         last = position.offset
         if missed:
             name = request.channel.encode()
-            frames = [msg_frame(name, offset, data) for offset, data in missed]
+            frames = [
+                msg_frame(name, offset, data, from_json(sender) if sender else b"") for offset, data, sender in missed
+            ]
         # Live messages that arrived while we waited: only those after what the session was told;
         # after a gap notice, everything (the offsets continue after the gap's).
         after_gap = False
@@ -256,9 +261,11 @@ class Node:
             self._unsubscribe_channel(session, channel)
 
     def publish_for_client(self, session: Any, request: Publish) -> None:
-        """A client's `pub`: answered with `ok` and the offset, or `err`."""
+        """A client's `pub`: answered with `ok` and the offset, or `err`. With auth on, the message
+        carries the client's user id, which its deliveries show as `from`."""
+        user = getattr(session, "user", None)
         try:
-            outcome = self.publish(request.channel, request.data_json)
+            outcome = self.publish(request.channel, request.data_json, user.encode() if user else b"")
         except BrokerError as exc:
             session.send_text(err_reply(request.id, _publish_error_code(exc), str(exc)))
             return
@@ -269,13 +276,19 @@ class Node:
 
     # -- publishing: one path for clients and the API --
 
-    def publish(self, channel: str, data_json: bytes) -> Pending[int]:
-        """Put a message on the broker now: its offset, or a future of it. Raises BrokerError."""
+    def publish(self, channel: str, data_json: bytes, sender: bytes = b"") -> Pending[int]:
+        """Put a message on the broker now (from client user `sender`; b"": the API): its offset, or
+        a future of it. Raises BrokerError."""
         self.counters.msgs_in += 1
-        outcome = self.broker.publish(channel, data_json)
+        outcome = self.broker.publish(channel, data_json, sender)
         if isinstance(outcome, int):
             return outcome
         return asyncio.ensure_future(outcome)
+
+
+def from_json(sender: bytes) -> bytes:
+    """A delivery's `from`: the publishing user's id as a JSON string."""
+    return orjson.dumps(sender.decode("utf-8", "replace"))
 
 
 def _publish_error_code(exc: BrokerError) -> str:

@@ -165,7 +165,8 @@ def test_sub_and_exp_are_required():
     [
         ({"sub": 42}, "bad sub: must be a string"),
         ({"sub": ""}, "bad sub: empty"),
-        ({"sub": "u" * 257}, "bad sub: over 256 characters"),
+        ({"sub": "u" * 256}, "bad sub: over 255 bytes (UTF-8)"),
+        ({"sub": "é" * 128}, "bad sub: over 255 bytes (UTF-8)"),
         ({"exp": "tomorrow"}, "bad exp: must be a number of seconds since the epoch"),
         ({"exp": True}, "bad exp: must be a number of seconds since the epoch"),
         ({"nbf": "now"}, "bad nbf: must be a number of seconds since the epoch"),
