@@ -50,9 +50,18 @@ class WorkerCounters:
     writes its stats block; only counts that no other object keeps live here.
     """
 
-    __slots__ = ("msgs_in", "slow_disconnects", "handshakes_refused")
+    __slots__ = ("msgs_in", "slow_disconnects", "handshakes_refused", "handshakes", "rate_limited", "flood_closes")
 
     def __init__(self) -> None:
         self.msgs_in = 0
         self.slow_disconnects = 0
         self.handshakes_refused = 0
+        # Handshakes by result (the labels of wsd_handshakes_total): auth's refusals `unauthorized`
+        # (401) and `origin` (403) are counted here.
+        self.handshakes: dict[str, int] = {}
+        self.rate_limited = 0  # requests answered `err rate_limited`
+        self.flood_closes = 0  # connections closed 1008 for flooding
+
+    def handshake(self, result: str) -> None:
+        """One /ws handshake answered with `result`."""
+        self.handshakes[result] = self.handshakes.get(result, 0) + 1

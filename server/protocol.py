@@ -2,7 +2,7 @@
 
 Clients send JSON objects on `/ws`:
   {"op":"sub","ch":NAME,"id":N}   {"op":"unsub","ch":NAME,"id":N}   {"op":"pub","ch":NAME,"data":ANY,"id":N}
-  {"op":"ping","id":N}
+  {"op":"ping","id":N}   {"op":"auth","token":JWT,"id":N}
 and get `{"op":"ok","id":N,...}`, `{"op":"err","id":N,"code":C,"msg":TEXT}` and deliveries
 `{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in wsd.ext.frames). See docs/protocol.md.
 """
@@ -56,6 +56,14 @@ class Ping:
 
 
 @dataclass(slots=True, frozen=True)
+class Auth:
+    """A connection token, first or fresh (wsd.server.auth.gate decides; `token` is checked there)."""
+
+    id: Any
+    token: Any
+
+
+@dataclass(slots=True, frozen=True)
 class ErrorReply:
     id: Any
     code: str
@@ -65,8 +73,8 @@ class ErrorReply:
         return err_reply(self.id, self.code, self.msg)
 
 
-Request = Subscribe | Unsubscribe | Publish | Ping
-OPS = ("sub", "unsub", "pub", "ping")
+Request = Subscribe | Unsubscribe | Publish | Ping | Auth
+OPS = ("sub", "unsub", "pub", "ping", "auth")
 
 
 def _usable_id(value: Any) -> Any:
@@ -110,6 +118,8 @@ def parse_request(text: bytes, max_data_size: int | None = None) -> Request | Er
         return ErrorReply(request_id, UNKNOWN_OP, f"unknown op {str(op)[:40]!r}; known: {', '.join(OPS)}")
     if op == "ping":
         return Ping(request_id)
+    if op == "auth":
+        return Auth(request_id, obj.get("token"))
     if "ch" not in obj:
         return ErrorReply(request_id, BAD_REQUEST, f'missing field "ch" in {op}')
     channel = obj["ch"]

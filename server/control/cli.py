@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -66,10 +67,18 @@ def serve(argv: list[str]) -> int:
     try:
         file_settings = load_toml(config_file) if config_file else {}
         config = build_config(file_settings, args)
+        # Keys, secrets and certificates are read once here: a bad file stops the start with its
+        # message rather than crash-looping every worker.
+        from wsd.server.control.security import exposure_checks, load_security
+
+        security = load_security(config)
+        open_access = exposure_checks(config, security)
     except ConfigError as exc:
         print(f"wsd serve: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, "supervisor")
+    if open_access is not None:
+        logging.getLogger("wsd.supervisor").warning(open_access)
     try:
         from setproctitle import setproctitle
 
@@ -80,7 +89,8 @@ def serve(argv: list[str]) -> int:
     from wsd.server.control.supervisor import Supervisor
 
     try:
-        return Supervisor(config, config_file, {k: v for k, v in args.items() if v is not None}).run()
+        flags = {k: v for k, v in args.items() if v is not None}
+        return Supervisor(config, config_file, flags, api_key=security.api_key).run()
     except (BindError, AdminSocketError) as exc:
         print(f"wsd serve: {exc.strerror if isinstance(exc, BindError) else exc}", file=sys.stderr)
         return 1

@@ -15,7 +15,10 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsd.server.auth.keys import AuthSettings
 
 # Descriptors a worker keeps for itself besides client connections: listening sockets, the
 # doorbell, shared-memory maps, API connections, log files, the Python runtime's own.
@@ -24,6 +27,35 @@ RESERVED_DESCRIPTORS = 100
 
 class ConfigError(ValueError):
     """A setting is invalid: the message says which one, what was wrong and what is allowed."""
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    """A channel-pattern list: a comma list (a flag) or a list of strings (TOML)."""
+    from wsd.server.auth.permissions import PatternError, parse_pattern_list, pattern_error
+
+    if isinstance(value, str):
+        try:
+            return parse_pattern_list(value)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f'must be a list of channel patterns (e.g. "news,room:*"), got {value!r}')
+    for item in value:
+        problem = pattern_error(item)
+        if problem is not None:
+            raise ValueError(problem)
+    return tuple(value)
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """An origin list: a comma list (a flag) or a list of strings (TOML); checked in validate()."""
+    from wsd.server.auth.origin import parse_origin_list
+
+    if isinstance(value, str):
+        return parse_origin_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f'must be a list of origins (e.g. "https://app.example.com"), got {value!r}')
+    return tuple(value)
 
 
 def _workers(value: Any) -> int | str:
@@ -118,6 +150,46 @@ class Config:
         "redis+cluster://host:port[,host:port...] for a Redis Cluster", metavar="URL", default_text="off: one host",
     )  # fmt: skip
     cluster_timeout: float = setting(2.0, float, "seconds Redis has to answer before a publish or sub fails")
+    # -- who may connect, subscribe and publish (docs/auth.md) --
+    auth_secret: str | None = setting(
+        None, str, "HS256 secret of connection tokens (shows in ps: prefer --auth-secret-file)", optional=True,
+        metavar="SECRET",
+    )  # fmt: skip
+    auth_secret_file: str | None = setting(
+        None, str, "file holding the HS256 secret of connection tokens (a trailing newline is stripped)",
+        optional=True, metavar="FILE",
+    )  # fmt: skip
+    auth_public_key: str | None = setting(
+        None, str, "PEM public key or certificate verifying RS256/ES256 connection tokens", optional=True,
+        metavar="FILE",
+    )  # fmt: skip
+    auth_audience: str | None = setting(None, str, "tokens must carry this aud", optional=True, metavar="AUD")
+    auth_issuer: str | None = setting(None, str, "tokens must carry this iss", optional=True, metavar="ISS")
+    public_channels: tuple[str, ...] = setting(
+        (), list, "channel patterns anyone authenticated may subscribe to (comma list; TOML: a list)",
+        parse=_patterns, metavar="PATTERNS", default_text="none",
+    )  # fmt: skip
+    auth_timeout: float = setting(5.0, float, "seconds a connection without ?token= has to send its auth message")
+    client_rate: float = setting(100.0, float, "requests per second per connection (burst 2x; 0: no limit)")
+    allowed_origins: tuple[str, ...] | None = setting(
+        None, list, "Origins allowed to open /ws (comma list; TOML: a list)", optional=True, parse=_origins,
+        metavar="LIST", default_text="any",
+    )  # fmt: skip
+    api_key: str | None = setting(
+        None, str, "the publish API needs Authorization: Bearer KEY (shows in ps: prefer --api-key-file)",
+        optional=True, metavar="KEY",
+    )  # fmt: skip
+    api_key_file: str | None = setting(
+        None, str, "file holding the publish API key (a trailing newline is stripped)", optional=True, metavar="FILE"
+    )
+    tls_cert: str | None = setting(
+        None, str, "PEM certificate chain: wss:// and https:// on the WebSocket port", optional=True, metavar="FILE"
+    )
+    tls_key: str | None = setting(None, str, "PEM private key of --tls-cert", optional=True, metavar="FILE")
+    api_tls_cert: str | None = setting(
+        None, str, "PEM certificate chain: https:// on the API port", optional=True, metavar="FILE"
+    )
+    api_tls_key: str | None = setting(None, str, "PEM private key of --api-tls-cert", optional=True, metavar="FILE")
 
     def validate(self) -> None:
         """Raise ConfigError for the first invalid setting."""
@@ -172,10 +244,35 @@ class Config:
                 parse_cluster_urls(self.cluster)
             except ValueError as exc:
                 raise ConfigError(f"cluster: {exc}") from None
-        for name in ("stop_timeout", "worker_timeout", "slow_reader_timeout", "cluster_timeout"):
+        for name in ("stop_timeout", "worker_timeout", "slow_reader_timeout", "cluster_timeout", "auth_timeout"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        """The shape of the auth, API key, Origin and TLS settings (files are read at start:
+        wsd.server.control.security)."""
+        from wsd.server.auth.keys import AuthSettingsError
+        from wsd.server.auth.origin import OriginPolicy, OriginSettingsError
+        from wsd.server.auth.ratelimit import RateLimiter
+
+        try:
+            auth_settings(self)
+            if self.allowed_origins is not None:
+                OriginPolicy(self.allowed_origins)
+        except (AuthSettingsError, OriginSettingsError) as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            RateLimiter(self.client_rate)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ConfigError("give api_key or api_key_file, not both")
+        for cert, key in (("tls_cert", "tls_key"), ("api_tls_cert", "api_tls_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                given, missing = (cert, key) if getattr(self, cert) is not None else (key, cert)
+                raise ConfigError(f"{given} needs {missing} too (a certificate and its private key)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -215,7 +312,32 @@ def _kind_name(kind: type) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}[kind]
 
 
-_CLUSTER_TABLE = {"redis": "cluster", "timeout": "cluster_timeout"}
+def auth_settings(config: Config) -> AuthSettings:
+    """The auth part of `config` as wsd.server.auth takes it (raises AuthSettingsError)."""
+    from wsd.server.auth.keys import AuthSettings
+
+    return AuthSettings(
+        secret=config.auth_secret,
+        secret_file=config.auth_secret_file,
+        public_key_file=config.auth_public_key,
+        audience=config.auth_audience,
+        issuer=config.auth_issuer,
+        public_channels=tuple(config.public_channels),
+    )
+
+
+# TOML tables besides [serve]: each key of the table is a setting under another name ([cluster]
+# redis = [...], timeout = S: the settings cluster and cluster_timeout).
+TABLES: dict[str, dict[str, str]] = {
+    "cluster": {"redis": "cluster", "timeout": "cluster_timeout"},
+    "auth": {
+        "secret": "auth_secret",
+        "secret_file": "auth_secret_file",
+        "public_key_file": "auth_public_key",
+        "audience": "auth_audience",
+        "issuer": "auth_issuer",
+    },
+}
 
 
 def load_toml(path: str) -> dict:
@@ -233,16 +355,23 @@ def load_toml(path: str) -> dict:
     serve = data.pop("serve", {})
     if not isinstance(serve, dict):
         raise ConfigError(f"config file {path}: 'serve' must be a table ([serve]), got {type(serve).__name__}")
-    # [cluster] redis = [...], timeout = S: the settings cluster and cluster_timeout.
-    cluster = data.pop("cluster", None)
     settings = dict(serve)
-    if isinstance(cluster, dict):
-        for key, value in cluster.items():
-            if key not in _CLUSTER_TABLE:
-                raise ConfigError(f"config file {path}: unknown setting {key!r} in [cluster]; known: redis, timeout")
-            settings[_CLUSTER_TABLE[key]] = value
-    elif cluster is not None:
-        settings["cluster"] = cluster
+    for table, names in TABLES.items():
+        if table not in data:
+            continue
+        values = data.pop(table)
+        if not isinstance(values, dict) and table in SETTINGS:
+            settings[table] = values  # `cluster = [...]`: the setting itself, at the top level
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: '{table}' must be a table ([{table}]), got {type(values).__name__}")
+        for key, value in values.items():
+            name = names.get(key.replace("-", "_"))
+            if name is None:
+                raise ConfigError(
+                    f"config file {path}: unknown setting {key!r} in [{table}]; known: {', '.join(sorted(names))}"
+                )
+            settings[name] = value
     settings.update(data)
     normalized = {}
     for key, value in settings.items():

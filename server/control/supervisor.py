@@ -15,6 +15,7 @@ one when the old one exits.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import secrets
 import select
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +45,7 @@ from wsd.server.control.config import (
 from wsd.server.control.listeners import reuseport_socket, slot_sockets
 from wsd.server.control.processes import WorkerProcess, WorkerSlot, describe_exit, start_worker_process
 from wsd.server.control.reload import RollingReload
+from wsd.server.control.security import exposure_checks, load_security
 from wsd.server.control.status import totals, workers_status
 
 log = logging.getLogger("wsd.supervisor")
@@ -66,8 +69,12 @@ HANDLED_SIGNALS = (
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_file: str | None = None, flag_settings: dict | None = None):
+    def __init__(
+        self, config: Config, config_file: str | None = None, flag_settings: dict | None = None,
+        api_key: bytes | None = None,
+    ):  # fmt: skip
         self.config = config
+        self.api_key = api_key  # `ctl publish` goes through the publish API, which may want it
         self.config_file = config_file
         self.flag_settings = flag_settings or {}
         self.workers = resolve_worker_count(config)
@@ -319,19 +326,28 @@ class Supervisor:
     def _reload_config(self) -> None:
         """New processes get the config file's current settings (flags still win); a config that
         does not load is refused and the running one kept."""
-        if not self.config_file:
-            return
-        try:
-            config = build_config(load_toml(self.config_file), self.flag_settings)
-        except ConfigError as exc:
-            raise AdminCommandError(f"reload refused, the config file is invalid: {exc}") from None
+        if self.config_file:
+            try:
+                config = build_config(load_toml(self.config_file), self.flag_settings)
+            except ConfigError as exc:
+                raise AdminCommandError(f"reload refused, the config file is invalid: {exc}") from None
+        else:
+            config = dataclasses.replace(self.config)
         for name in FIXED_ON_RELOAD:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning(
                     "reload: %s changed in %s; it takes a full restart, keeping the old value", name, self.config_file
                 )
                 setattr(config, name, getattr(self.config, name))
+        try:
+            # New processes read the key, secret and certificate files again: check them first, so a
+            # broken renewal leaves the running workers (and their keys) in place.
+            security = load_security(config)
+            exposure_checks(config, security)
+        except ConfigError as exc:
+            raise AdminCommandError(f"reload refused: {exc}") from None
         self.config = config
+        self.api_key = security.api_key
 
     def _spawn_standby(self, slot: WorkerSlot) -> WorkerProcess:
         return self.spawn_worker(slot, standby=True)
@@ -520,12 +536,19 @@ class Supervisor:
         if not isinstance(channel, str) or "message" not in args:
             raise AdminCommandError('publish needs "channel" (a string) and "message" (any JSON value)')
         host = "127.0.0.1" if self.config.api_host in ("0.0.0.0", "") else self.config.api_host
-        connection = http.client.HTTPConnection(host, self.api_port, timeout=5)
+        headers = {"Content-Type": "application/json"}
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key.decode()}"
+        if self.config.api_tls_cert is not None:
+            # Our own listener, on this host: its certificate names the public host, not this address.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            connection = http.client.HTTPSConnection(host, self.api_port, timeout=5, context=context)
+        else:
+            connection = http.client.HTTPConnection(host, self.api_port, timeout=5)
         try:
-            connection.request(
-                "POST", "/api/publish", json.dumps({"channel": channel, "data": data}),
-                {"Content-Type": "application/json"},
-            )  # fmt: skip
+            connection.request("POST", "/api/publish", json.dumps({"channel": channel, "data": data}), headers)
             response = connection.getresponse()
             body = json.loads(response.read() or b"{}")
         finally:

@@ -21,8 +21,11 @@ import orjson
 from picows import WSCloseCode
 
 from wsd.ext.frames import msg_frame, text_frame
+from wsd.server.auth.gate import AuthGate
+from wsd.server.auth.ratelimit import RateLimiter
 from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import Broker, BrokerError, Pending, StreamPosition
+from wsd.server.node.deadlines import ConnectionDeadlines
 from wsd.server.node.hub import GAP_NOTICE, Hub
 from wsd.server.node.slow_readers import SlowReaders
 from wsd.server.protocol import (
@@ -51,6 +54,8 @@ class Node:
         on_session_closed: Callable[[Any], None],
         max_worker_subscriptions: int | None = None,
         on_session_closing: Callable[[Any], None] = lambda session: None,
+        auth: AuthGate | None = None,
+        rate_limiter: RateLimiter | None = None,
     ):
         self.slow_readers = SlowReaders(write_buffer_limit, slow_reader_timeout_s, self._cut_off_slow_reader)
         self.hub = Hub(write_buffer_limit, self.slow_readers.over_limit)
@@ -66,6 +71,10 @@ class Node:
         self._on_session_closing = on_session_closing
         # channel name -> the first local subscriber's pending broker.subscribe(), while it is pending
         self._subscribing: dict[bytes, asyncio.Future] = {}
+        # Who may do what (docs/auth.md); the sessions ask these before serving a request.
+        self.auth = auth or AuthGate(None)
+        self.rate_limiter = rate_limiter or RateLimiter(0)
+        self.deadlines: ConnectionDeadlines | None = None  # set once the loop runs (the worker does)
 
     # -- deliveries from the broker --
 
@@ -96,7 +105,16 @@ class Node:
     def session_closed(self, session: Any) -> None:
         self.drop_subscriptions(session)
         self.slow_readers.forget(session)
+        if self.deadlines is not None:
+            self.deadlines.cancel(session)
         self._on_session_closed(session)
+
+    def set_deadline(self, session: Any, deadline: float) -> None:
+        self.deadlines.set(session, deadline)
+
+    def set_user(self, session: Any, user: str) -> None:
+        """Auth identified `session.user` (once per connection). The per-worker index of users'
+        connections (issue 12's /api/disconnect) belongs here."""
 
     def subscribe(self, session: Any, request: Subscribe) -> None:
         """Subscribe the session (it has not subscribed `request.channel` yet) and answer it: `ok`
@@ -263,7 +281,7 @@ class Node:
     def publish_for_client(self, session: Any, request: Publish) -> None:
         """A client's `pub`: answered with `ok` and the offset, or `err`. With auth on, the message
         carries the client's user id, which its deliveries show as `from`."""
-        user = getattr(session, "user", None)
+        user = session.user
         try:
             outcome = self.publish(request.channel, request.data_json, user.encode() if user else b"")
         except BrokerError as exc:

@@ -24,13 +24,16 @@ import uvloop
 from picows import WSCloseCode
 
 from wsd.server.api import PublishError, make_api_protocol_factory, start_api_server
+from wsd.server.auth.tokens import Identity
 from wsd.server.bus.broker import ShmBroker
 from wsd.server.bus.provision import attach as attach_bus
 from wsd.server.bus.tick import Periodic
 from wsd.server.control.config import Config
+from wsd.server.control.security import load_security
 from wsd.server.counters import WorkerCounters
 from wsd.server.logs import setup_logging
 from wsd.server.node.broker import BrokerError
+from wsd.server.node.deadlines import ConnectionDeadlines
 from wsd.server.node.node import Node
 from wsd.server.worker.accept import AcceptGate
 from wsd.server.worker.drain import Drain
@@ -65,10 +68,14 @@ class Worker:
         self.counters = WorkerCounters()
         self.sessions: set[ClientSession] = set()
         config = self.config
+        # Keys, secrets and certificates as the files are now (the supervisor checked them before
+        # starting this process; a rolling reload starts new processes, which read them again).
+        self.security = load_security(config)
         self.node = Node(
             self.counters, self.slot, config.max_subscriptions, config.write_buffer_limit,
             config.slow_reader_timeout, self._session_opened, self._session_closed,
             max_worker_subscriptions=config.max_worker_subscriptions, on_session_closing=self._session_closing,
+            auth=self.security.gate, rate_limiter=self.security.rate_limiter,
         )  # fmt: skip
         # Sessions in their closing handshake -> when to abort them if the peer never takes the close.
         self.closing: dict[ClientSession, float] = {}
@@ -92,6 +99,7 @@ class Worker:
         else:
             self.broker = ShmBroker(*broker_arguments)
         self.node.broker = self.broker
+        self.node.deadlines = ConnectionDeadlines(loop, self.security.gate)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGTERM, self._on_drain_signal, False)
         loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
@@ -102,17 +110,19 @@ class Worker:
             self.slot, self.counters, self._new_session, self._refusing_sessions,
             lambda: not self.accept.accepting and not self.accept.closed, lambda: self.stopping,
             self._server_clients, self.config.echo_path, self.config.max_message_size,
+            self.security.gate, self.security.origins,
         )  # fmt: skip
-        self.accept = AcceptGate(
-            loop, self.slot, self.ws_socket, routes, picows_server_kwargs(self.config.max_message_size),
-            self.connection_limit,
-        )  # fmt: skip
+        server_kwargs = picows_server_kwargs(self.config.max_message_size)
+        if self.security.ws_tls is not None:
+            server_kwargs["ssl"] = self.security.ws_tls
+        self.accept = AcceptGate(loop, self.slot, self.ws_socket, routes, server_kwargs, self.connection_limit)
         await self.accept.start()
         self.api_factory = make_api_protocol_factory(
             ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size(),
             idle_timeout=self.config.api_idle_timeout, max_connections=self.api_connection_limit,
+            api_key=self.security.api_key,
         )  # fmt: skip
-        self.api_server = await start_api_server(loop, self.api_socket, self.api_factory)
+        self.api_server = await start_api_server(loop, self.api_socket, self.api_factory, ssl=self.security.api_tls)
         self.stopped = loop.create_future()
         self.broker.start()
         Periodic(loop, STATS_EVERY_S, self._write_stats, "stats").start()
@@ -126,8 +136,8 @@ class Worker:
         )  # fmt: skip
         await self.stopped
 
-    def _new_session(self) -> ClientSession:
-        return ClientSession(self.node, self.config.max_message_size)
+    def _new_session(self, identity: Identity | None) -> ClientSession:
+        return ClientSession(self.node, self.config.max_message_size, identity)
 
     def _refusing_sessions(self) -> bool:
         # A hand-over drain still serves handshakes that reached this process: its successor takes

@@ -1,14 +1,24 @@
 """What the WebSocket port answers, by path: `/ws` (a client session, or 503 while draining or full),
 `/healthz`, the echo endpoint for conformance tests, and the static pages (the demo and wsd.js).
-Anything else: 404 (picows answers it)."""
+Anything else: 404 (picows answers it).
+
+A `/ws` handshake is decided here, before the upgrade: a browser `Origin` not on
+`--allowed-origins` gets 403, a `?token=` that is empty or invalid gets 401 (docs/auth.md); both
+are counted by result (`counters.handshake`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from wsd.server.auth import FORBIDDEN
+from wsd.server.auth.gate import NEEDS_AUTH_MESSAGE, AuthGate, http_refusal_body
+from wsd.server.auth.origin import OriginPolicy
+from wsd.server.auth.tokens import AuthError
 from wsd.server.counters import WorkerCounters
 from wsd.server.worker.pages import static_response
 from wsd.server.worker.ws_conformance import EchoListener
@@ -19,13 +29,15 @@ class WebSocketRoutes:
         self,
         slot: int,
         counters: WorkerCounters,
-        new_session: Callable[[], Any],
+        new_session: Callable[[Any], Any],
         refusing_sessions: Callable[[], bool],
         full: Callable[[], bool],
         draining: Callable[[], bool],
         server_clients: Callable[[], int],
         echo_path: str | None,
         max_message_size: int,
+        gate: AuthGate | None = None,
+        origins: OriginPolicy | None = None,
     ):
         self.slot = slot
         self.counters = counters
@@ -36,6 +48,8 @@ class WebSocketRoutes:
         self.server_clients = server_clients
         self.echo_path = echo_path.encode() if echo_path is not None else None
         self.max_message_size = max_message_size
+        self.gate = gate or AuthGate(None)
+        self.origins = origins or OriginPolicy(None)
         # The worker's slot in a response header: tests and operators see where a client landed.
         self._slot_header = {"X-Wsd-Worker": str(slot)}
 
@@ -48,8 +62,19 @@ class WebSocketRoutes:
             if self.full():
                 self.counters.handshakes_refused += 1
                 return _error(503, b"server full: retry shortly\n", {"Retry-After": "1"})
+            if self.origins.allowed is not None:
+                refusal = self._origin_refusal(request)
+                if refusal is not None:
+                    self.counters.handshake("origin")
+                    return _error(403, refusal, _JSON_HEADERS)
+            identity = self.gate.authenticate_target(request.path, time.time())
+            if isinstance(identity, AuthError):
+                self.counters.handshake("unauthorized")
+                return _error(401, http_refusal_body(identity), _JSON_HEADERS)
+            if identity is NEEDS_AUTH_MESSAGE:
+                identity = None  # the session waits for its auth message
             return WSUpgradeResponseWithListener(
-                WSUpgradeResponse.create_101_response(self._slot_header), self.new_session()
+                WSUpgradeResponse.create_101_response(self._slot_header), self.new_session(identity)
             )
         if path == b"/healthz":
             if self.draining():
@@ -62,6 +87,20 @@ class WebSocketRoutes:
         if response is not None:
             return WSUpgradeResponseWithListener(response, None)
         return None  # picows answers 404
+
+    def _origin_refusal(self, request: WSUpgradeRequest) -> bytes | None:
+        """The 403 body for a browser origin that is not allowed, or None (no Origin: not a browser)."""
+        values = request.headers.getall("Origin", ())
+        if len(values) > 1:
+            reason = "more than one Origin header"
+        elif self.origins.allows(values[0] if values else None):
+            return None
+        else:
+            reason = self.origins.refusal(values[0])
+        return orjson.dumps({"error": f"{FORBIDDEN}: {reason}"})
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def _error(status: int, body: bytes, headers: dict[str, str]) -> WSUpgradeResponseWithListener:

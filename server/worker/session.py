@@ -3,17 +3,28 @@
 Deliveries do not pass through here: the hub writes pre-encoded frames to the raw transport. This
 class handles the client's own requests and its life cycle, and talks to a `SessionHost` (the node),
 never to the worker.
+
+Auth (docs/auth.md): every request costs one token of the connection's rate limit, then goes
+through the host's `AuthGate` (an `auth` message, or the check of a `sub`, `pub` or other op) before
+it is served. With auth off the gate lets everything through and `identity` is `ANONYMOUS`. What a
+connection carries for this is two slots: its `identity` (shared, immutable) and its rate state.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from picows import WSCloseCode, WSMsgType
 
+from wsd.server.auth import POLICY_VIOLATION
+from wsd.server.auth.gate import AuthGate
+from wsd.server.auth.ratelimit import FLOOD_CLOSE_REASON, RateLimiter, Verdict
+from wsd.server.auth.tokens import Identity
 from wsd.server.counters import WorkerCounters
 from wsd.server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
+    Auth,
     ErrorReply,
     Ping,
     Publish,
@@ -31,6 +42,16 @@ class SessionHost(Protocol):
 
     counters: WorkerCounters
     max_subscriptions: int
+    auth: AuthGate
+    rate_limiter: RateLimiter
+
+    def set_deadline(self, session: ClientSession, deadline: float) -> None:
+        """Check the session's auth at `deadline` (wall clock): its auth timeout, or its token's exp."""
+        ...
+
+    def set_user(self, session: ClientSession, user: str) -> None:
+        """Auth identified the session's user (`session.user`), once per connection."""
+        ...
 
     def session_opened(self, session: ClientSession) -> None: ...
 
@@ -49,18 +70,36 @@ class SessionHost(Protocol):
 
 class ClientSession(ConformingListener):
     # Per-connection state is kept tiny: 200k of these live in one box.
-    __slots__ = ("host", "raw", "channels")
+    __slots__ = ("host", "raw", "channels", "identity", "rate")
 
-    def __init__(self, host: SessionHost, max_message_size: int):
+    def __init__(self, host: SessionHost, max_message_size: int, identity: Identity | None = None):
         super().__init__(max_message_size)
         self.host = host
         self.raw: Any = None
         self.channels: set[str] | None = None
+        # Who the connection is (from ?token= or its auth message; ANONYMOUS with auth off), None
+        # until it has authenticated.
+        self.identity = identity
+        limiter = host.rate_limiter
+        self.rate = limiter.new_state(time.monotonic()) if limiter.enabled else None
+
+    @property
+    def user(self) -> str | None:
+        """The token's `sub`; None before auth, and with auth off."""
+        identity = self.identity
+        return identity.sub or None if identity is not None else None
 
     def on_ws_connected(self, transport) -> None:
         super().on_ws_connected(transport)
         self.raw = transport.underlying_transport
-        self.host.session_opened(self)
+        host = self.host
+        host.session_opened(self)
+        identity = self.identity
+        if identity is None:
+            host.set_deadline(self, host.auth.auth_deadline(time.time()))
+        elif host.auth.enabled:
+            host.set_user(self, identity.sub)
+            host.set_deadline(self, identity.exp)
 
     def on_ws_disconnected(self, transport) -> None:
         self.host.session_closed(self)
@@ -77,18 +116,60 @@ class ClientSession(ConformingListener):
         host = self.host
         host.counters.msgs_in += 1
         request = parse_request(payload, self.max_message_size)
+        if self.rate is not None:
+            verdict = host.rate_limiter.check(self.rate, time.monotonic())
+            if verdict is not Verdict.ALLOW:
+                self._over_rate(verdict, request)
+                return
         if isinstance(request, ErrorReply):
             self.send_text(request.encode())
         elif isinstance(request, Subscribe):
+            refusal = host.auth.check_subscribe(self.identity, request.channel)
+            if refusal is not None:
+                self.send_text(refusal.encode(request.id))
+                return
             self._subscribe(request)
-        elif isinstance(request, Unsubscribe):
-            if self.forget_channel(request.channel):
-                host.unsubscribe(self, request.channel)
-            self.send_text(ok_reply(request.id))
         elif isinstance(request, Publish):
+            refusal = host.auth.check_publish(self.identity, request.channel)
+            if refusal is not None:
+                self.send_text(refusal.encode(request.id))
+                return
             host.publish_for_client(self, request)
-        elif isinstance(request, Ping):
-            self.send_text(ok_reply(request.id))
+        elif isinstance(request, Auth):
+            self._authenticate(request)
+        else:
+            refusal = host.auth.check_other(self.identity)
+            if refusal is not None:
+                self.send_text(refusal.encode(request.id))
+            elif isinstance(request, Unsubscribe):
+                if self.forget_channel(request.channel):
+                    host.unsubscribe(self, request.channel)
+                self.send_text(ok_reply(request.id))
+            elif isinstance(request, Ping):
+                self.send_text(ok_reply(request.id))
+
+    def _over_rate(self, verdict: Verdict, request: Any) -> None:
+        host = self.host
+        if verdict is Verdict.CLOSE:
+            host.counters.flood_closes += 1
+            self.close(POLICY_VIOLATION, FLOOD_CLOSE_REASON)
+            return
+        host.counters.rate_limited += 1
+        self.send_text(host.rate_limiter.refusal.encode(request.id))
+
+    def _authenticate(self, request: Auth) -> None:
+        host = self.host
+        before = self.identity
+        outcome = host.auth.authenticate_message(before, request.token, request.id, time.time())
+        self.send_text(outcome.reply)
+        if outcome.close is not None:
+            self.close(*outcome.close)
+            return
+        self.identity = outcome.identity
+        if outcome.deadline is not None:
+            host.set_deadline(self, outcome.deadline)
+        if before is None and outcome.identity is not None and host.auth.enabled:
+            host.set_user(self, outcome.identity.sub)
 
     def on_closing(self) -> None:
         self.host.session_closing(self)
