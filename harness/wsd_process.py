@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -30,14 +31,19 @@ class WsdProcess:
         self.flags = flags or []
         self.log_path = workdir / "wsd.log"
         self.proc: subprocess.Popen | None = None
+        # With --tls-cert / --api-tls-cert: contexts that trust the server's certificates (the
+        # WebSocket port then speaks wss:// and https://, the API https://). With --api-key: the key.
+        self.ws_ssl: ssl.SSLContext | None = None
+        self.api_ssl: ssl.SSLContext | None = None
+        self.api_key: str | None = None
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.ws_ssl else 'ws'}://127.0.0.1:{self.port}/ws"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.api_ssl else 'http'}://127.0.0.1:{self.api_port}"
 
     def command(self) -> list[str]:
         return WSD + [
@@ -82,19 +88,22 @@ class WsdProcess:
         return json.loads(self.ctl("--json", "status", timeout=10).stdout)
 
     def http_get(self, path: str) -> tuple[int, bytes]:
+        scheme = "https" if self.ws_ssl else "http"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}{path}", timeout=5,
+                                        context=self.ws_ssl) as response:  # fmt: skip
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
     def publish(self, channel: str, data: object) -> int:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(
-            f"{self.api_url}/api/publish",
-            data=json.dumps({"channel": channel, "data": data}).encode(),
-            headers={"Content-Type": "application/json"},
+            f"{self.api_url}/api/publish", data=json.dumps({"channel": channel, "data": data}).encode(), headers=headers
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=self.api_ssl) as response:
             return json.loads(response.read())["offset"]
 
     def worker_pids(self) -> list[int]:

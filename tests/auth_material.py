@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
+import hashlib
+import hmac
 import ipaddress
+import json
 from pathlib import Path
 
 import jwt
@@ -90,3 +94,20 @@ def es256(claims: dict, private_key=None) -> str:
 
 def rs256(claims: dict, private_key=None) -> str:
     return jwt.encode(claims, private_key or rsa_private_key(), algorithm="RS256")
+
+
+def b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def forged_hs256(claims: dict, secret: bytes, alg: str = "HS256") -> str:
+    """An HS256 token signed by hand with any bytes as the secret (PyJWT refuses PEM secrets): the
+    HS/RS confusion attack signs with the server's public key."""
+    signing_input = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims).encode())
+    signature = b64(hmac.new(secret, signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
+def unsigned(claims: dict, alg: str = "none") -> str:
+    """An `alg: none` token (no signature)."""
+    return (b64(json.dumps({"alg": alg}).encode()) + b"." + b64(json.dumps(claims).encode()) + b".").decode()

@@ -10,7 +10,10 @@ import struct
 
 
 class RawWebSocket:
-    def __init__(self, host: str, port: int, path: str = "/ws", rcvbuf: int | None = None):
+    def __init__(
+        self, host: str, port: int, path: str = "/ws", rcvbuf: int | None = None,
+        headers: list[tuple[str, str]] = (),
+    ):  # fmt: skip
         self.sock = socket.socket()
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -20,7 +23,9 @@ class RawWebSocket:
         self.sock.sendall(
             (
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in headers)
+                + "\r\n"
             ).encode()
         )
         self.buffer = b""
@@ -30,6 +35,7 @@ class RawWebSocket:
                 raise ConnectionError("closed during handshake")
             self.buffer += chunk
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        self.head = head
         self.status = int(head.split(b" ", 2)[1])
         self.headers = head.decode()
 

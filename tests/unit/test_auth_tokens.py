@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -16,14 +15,17 @@ from jwt.exceptions import InvalidKeyError
 
 from tests.auth_material import (
     SECRET,
+    b64,
     certificate_pem,
     ec_private_key,
     es256,
+    forged_hs256,
     hs256,
     public_pem,
     rs256,
     rsa_private_key,
     self_signed_certificate,
+    unsigned,
     write,
 )
 from wsd.server.auth.keys import AuthSettings, TokenKey, load_token_key
@@ -39,21 +41,6 @@ def hs_verifier(**kwargs) -> TokenVerifier:
 def public_key_verifier(tmp_path, private_key, **kwargs) -> TokenVerifier:
     path = write(tmp_path / "public.pem", public_pem(private_key))
     return TokenVerifier(load_token_key(AuthSettings(public_key_file=path)), **kwargs)
-
-
-def b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def forged_hs256(claims: dict, secret: bytes, alg: str = "HS256") -> str:
-    """An HS256 token signed by hand with any bytes as the secret (PyJWT refuses PEM secrets)."""
-    signing_input = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims).encode())
-    signature = b64(hmac.new(secret, signing_input, hashlib.sha256).digest())
-    return (signing_input + b"." + signature).decode()
-
-
-def unsigned(claims: dict, alg: str = "none") -> str:
-    return (b64(json.dumps({"alg": alg}).encode()) + b"." + b64(json.dumps(claims).encode()) + b".").decode()
 
 
 def claims(**extra) -> dict:
