@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wsd.server.control.config import SETTINGS, Config, build_config, load_toml
+from wsd.server.control.config import SETTINGS, TABLES, Config, build_config, load_toml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNIT = DEPLOY / "wsd.service"
@@ -113,17 +113,25 @@ def commented_settings(text: str) -> dict[str, object]:
     return settings
 
 
+def setting_names(listed: dict[str, object]) -> dict[str, object]:
+    """`auth.secret` → `auth_secret`: the keys of a table under the names of their settings."""
+    named = {}
+    for key, value in listed.items():
+        table, _, name = key.rpartition(".")
+        named[TABLES[table][name] if table else name] = value
+    return named
+
+
 def test_example_lists_every_setting_of_this_version_at_its_default():
     current, _ = example_parts()
-    # A table's keys name their setting: [cluster] redis is the setting `cluster`.
-    tables = {"cluster.redis": "cluster", "cluster.timeout": "cluster_timeout"}
-    listed = {tables.get(key, key): value for key, value in commented_settings(current).items()}
+    listed = setting_names(commented_settings(current))
     defaults = Config()
     fields = {f.name for f in dataclasses.fields(Config)}
     assert set(listed) == fields, f"missing: {fields - set(listed)}, unknown: {set(listed) - fields}"
-    # Settings that are off by default (None) can only be shown with an example value.
-    examples_not_defaults = {"admin_socket", "workers", "cluster"}
-    examples_not_defaults |= {name for name, spec in SETTINGS.items() if spec.optional}
+    # Settings that are off by default (None, or an empty list) can only be shown with an example value.
+    examples_not_defaults = {"admin_socket", "workers", "public_channels", "cluster"} | {
+        name for name, spec in SETTINGS.items() if spec.optional
+    }
     for name, value in listed.items():
         if name not in examples_not_defaults:
             assert value == getattr(defaults, name), name
@@ -133,17 +141,24 @@ def test_example_loads_as_is_and_with_every_current_setting_uncommented(tmp_path
     config = build_config(load_toml(str(EXAMPLE)), {})
     assert config.admin_socket == "/run/wsd/wsd.sock"
     current, _ = example_parts()
-    uncommented = "\n".join(re.sub(r"^# ([a-z_]+ = |\[\w+\]$)", r"\1", line) for line in current.splitlines())
+    # Uncomment every setting and table heading, but the alternatives (`# or: ...`) to a setting
+    # above them: auth takes one key source, the API one key.
+    setting_or_table = re.compile(r"^# ([a-z_]+ = |\[\w+\]$)")
+    uncommented = "\n".join(
+        line if "# or:" in line else setting_or_table.sub(r"\1", line) for line in current.splitlines()
+    )
     path = tmp_path / "wsd.toml"
     path.write_text(uncommented)
-    build_config(load_toml(str(path)), {}).validate()
+    config = build_config(load_toml(str(path)), {})
+    config.validate()
+    assert config.auth_secret_file == "/etc/wsd/auth-secret" and config.auth_audience == "wsd"
 
 
 def test_planned_settings_stay_commented_and_name_their_issue():
     _, planned = example_parts()
     assert not [line for line in planned.splitlines() if line and not line.startswith("#")]
     keys = commented_settings(planned)
-    for name in ("client_rate", "log_format", "auth.secret_file"):  # fmt: skip
+    for name in ("log_format",):
         assert name in keys, name
     known = {f.name for f in dataclasses.fields(Config)}
     landed = [name for name in keys if name in known]
