@@ -73,6 +73,6 @@ class ConnectionDeadlines:
         identity = session.identity
         close = self.gate.deadline_close(identity, now)
         if close is not None:
-            session.close(*close)
+            session.close(*close, linger=True)
         elif identity is not None:
             self.set(session, identity.exp)

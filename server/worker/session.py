@@ -152,7 +152,8 @@ class ClientSession(ConformingListener):
         host = self.host
         if verdict is Verdict.CLOSE:
             host.counters.flood_closes += 1
-            self.close(POLICY_VIOLATION, FLOOD_CLOSE_REASON)
+            # The flooder is still sending: linger, so that it reads the 1008 rather than a reset.
+            self.close(POLICY_VIOLATION, FLOOD_CLOSE_REASON, linger=True)
             return
         host.counters.rate_limited += 1
         self.send_text(host.rate_limiter.refusal.encode(request.id))
@@ -163,7 +164,7 @@ class ClientSession(ConformingListener):
         outcome = host.auth.authenticate_message(before, request.token, request.id, time.time())
         self.send_text(outcome.reply)
         if outcome.close is not None:
-            self.close(*outcome.close)
+            self.close(*outcome.close, linger=True)
             return
         self.identity = outcome.identity
         if outcome.deadline is not None:

@@ -283,9 +283,14 @@ class ConformingListener(WSListener):
         session drops its subscriptions, and its worker aborts it if the peer never takes the
         CLOSE frame: see CLOSE_TIMEOUT_S)."""
 
-    def close(self, code: int, reason: str = "", abort: bool = False) -> None:
+    def close(self, code: int, reason: str = "", abort: bool = False, linger: bool = False) -> None:
         """Send a CLOSE frame with `code` (at most once) and disconnect once buffered data is sent,
-        or at once with `abort` (a dead peer). `on_closing` runs once, when this side starts."""
+        or at once with `abort` (a dead peer). `on_closing` runs once, when this side starts.
+
+        With `linger`, the TCP connection stays open until the peer answers with its CLOSE (what
+        RFC 6455 section 7.1.1 asks of a server; frames until then are ignored), or until the
+        worker aborts it CLOSE_TIMEOUT_S later: a peer that is still sending when we close would
+        otherwise get a TCP reset instead of our CLOSE frame, and never see the code."""
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
@@ -293,7 +298,8 @@ class ConformingListener(WSListener):
         if starting:
             # WSCloseCode is a flexible IntEnum: it also accepts application codes 3000-4999.
             transport.send_close(WSCloseCode(code), reason.encode("utf-8"))
-        transport.disconnect()
+        if not (linger and starting):
+            transport.disconnect()
         if starting:
             self.on_closing()
         if abort:

@@ -393,3 +393,13 @@ def test_listener_close_sends_one_close_frame():
     listener.close(1003, "binary not supported")
     listener.close(1000)
     assert transport.sent == [("close", 1003, b"binary not supported"), ("disconnect",)]
+
+
+def test_a_lingering_close_waits_for_the_peers_close_ignoring_its_data():
+    listener, transport = connected_echo()
+    listener.close(1008, "too many requests", linger=True)
+    assert transport.sent == [("close", 1008, b"too many requests")]  # the connection stays open
+    deliver(listener, transport, OPCODE_TEXT, b"still sending")  # ignored: not echoed
+    assert transport.sent == [("close", 1008, b"too many requests")]
+    deliver(listener, transport, OPCODE_CLOSE, close_payload(1008, b""))
+    assert transport.sent == [("close", 1008, b"too many requests"), ("disconnect",)]
