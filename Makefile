@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers bench-api system-deps
+.PHONY: run run-auth test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers bench-api system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ install: $(STAMP)
 
 run: install
 	$(VENV)/bin/wsd serve
+
+# The same demo with auth on (docs/auth.md): an ES256 key pair in .demo-auth/ (made once), the demo
+# token server of docs/examples/issue_token.py on :8082 (a token for whoever asks: the app's backend),
+# and wsd verifying them with the public key. Open the URL it prints.
+DEMO_AUTH := .demo-auth
+run-auth: install
+	@mkdir -p $(DEMO_AUTH)
+	@test -f $(DEMO_AUTH)/private.pem || $(PY) docs/examples/issue_token.py new-keypair \
+		$(DEMO_AUTH)/private.pem $(DEMO_AUTH)/public.pem
+	@echo "demo with tokens: open http://127.0.0.1:8080/?token_url=http://127.0.0.1:8082/token"
+	@$(PY) docs/examples/issue_token.py serve --private-key $(DEMO_AUTH)/private.pem --port 8082 \
+		--subs feed --pubs feed --ttl 120 & trap "kill $$!" EXIT INT TERM; \
+	$(VENV)/bin/wsd serve --auth-public-key $(DEMO_AUTH)/public.pem
 
 # Debian packages listed in system-packages.txt (redis-server, nftables, ...): installed only when
 # missing, and only as root; `make test` as non-root skips the tests that need them, with a message.
@@ -80,4 +93,4 @@ bench-peers: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.peers.run --setup --tag 2core-10k
 
 clean:
-	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so $(VENV)
+	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so $(VENV) $(DEMO_AUTH)

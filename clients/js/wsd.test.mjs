@@ -122,6 +122,18 @@ test("duplicates and old offsets are dropped; a hole is a gap event", async () =
   client.close();
 });
 
+test("a message a user published carries from in its meta; the backend's do not", async () => {
+  const { client, socket } = await newClient();
+  const seen = [];
+  client.subscribe("c", (data, meta) => seen.push(meta));
+  socket().serverOpen();
+  socket().serverSend({ op: "ok", id: socket().lastSent("sub").id, off: 0, epoch: 1 });
+  socket().serverSend({ op: "msg", ch: "c", off: 1, data: "hi", from: "42" });
+  socket().serverSend({ op: "msg", ch: "c", off: 2, data: "news" });
+  assert.deepEqual(seen, [{ channel: "c", off: 1, epoch: 1, from: "42" }, { channel: "c", off: 2, epoch: 1 }]);
+  client.close();
+});
+
 test("reconnect resubscribes with since, replays once, in order, then flushes queued publishes", async () => {
   const { client, socket, events } = await newClient();
   const seen = [];

@@ -14,6 +14,9 @@ wsd only verifies: it never sees the private key or issues tokens itself. See do
     python3 docs/examples/issue_token.py new-keypair demo-private.pem demo-public.pem
     python3 docs/examples/issue_token.py token --private-key demo-private.pem --sub user:42
 
+    # The demo's token server (make run-auth): GET /token?sub=NAME answers a token for NAME, to anyone
+    python3 docs/examples/issue_token.py serve --private-key demo-private.pem --port 8082 --subs feed --pubs feed
+
 In a real backend this is three lines of PyJWT: `jwt.encode({"sub": user_id, "exp": now + ttl,
 "subs": [...], "pubs": [...]}, key, algorithm="ES256")`.
 """
@@ -21,10 +24,12 @@ In a real backend this is three lines of PyJWT: `jwt.encode({"sub": user_id, "ex
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import secrets
 import sys
 import time
+import urllib.parse
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -86,10 +91,9 @@ def split(text: str | None) -> list[str] | None:
     return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
 
-def token(args: argparse.Namespace) -> None:
-    key, algorithm = signing_key(args)
+def issue(args: argparse.Namespace, key: object, algorithm: str, sub: str) -> str:
     now = int(time.time())
-    claims: dict = {"sub": args.sub, "iat": now, "exp": now + args.ttl}
+    claims: dict = {"sub": sub, "iat": now, "exp": now + args.ttl}
     for name, value in (("subs", split(args.subs)), ("pubs", split(args.pubs))):
         if value is not None:
             claims[name] = value
@@ -97,7 +101,44 @@ def token(args: argparse.Namespace) -> None:
         claims["aud"] = args.aud
     if args.iss is not None:
         claims["iss"] = args.iss
-    print(jwt.encode(claims, key, algorithm=algorithm))
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def token(args: argparse.Namespace) -> None:
+    key, algorithm = signing_key(args)
+    print(issue(args, key, algorithm, args.sub))
+
+
+def serve(args: argparse.Namespace) -> None:
+    """A demo backend: a token for whoever asks (a real one issues them only to its signed-in users)."""
+    key, algorithm = signing_key(args)
+
+    class TokenHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            url = urllib.parse.urlsplit(self.path)
+            sub = urllib.parse.parse_qs(url.query).get("sub", ["guest"])[0][:64] or "guest"
+            if url.path != "/token":
+                self.send_error(404, "GET /token?sub=NAME")
+                return
+            body = issue(args, key, algorithm, sub).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Access-Control-Allow-Origin", "*")  # the page is on wsd's origin
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *values: object) -> None:
+            sys.stderr.write(f"token server: {format % values}\n")
+
+    server = http.server.ThreadingHTTPServer((args.host, args.port), TokenHandler)
+    print(f"demo token server on http://{args.host}:{server.server_port}/token?sub=NAME ({algorithm}, ttl "
+          f"{args.ttl} s)", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,18 +155,26 @@ def main(argv: list[str] | None = None) -> None:
     command.add_argument("--rsa", action="store_true")
     command.set_defaults(run=new_keypair)
 
-    command = commands.add_parser("token", help="print a signed connection token")
-    keys = command.add_mutually_exclusive_group(required=True)
-    keys.add_argument("--secret-file", help="HS256 with the secret in this file (what wsd reads)")
-    keys.add_argument("--secret", help="HS256 with this secret (visible in ps: prefer --secret-file)")
-    keys.add_argument("--private-key", help="RS256/ES256 with this PEM private key")
-    command.add_argument("--sub", required=True, help="the user id")
-    command.add_argument("--ttl", type=int, default=3600, help="seconds until exp (default 3600)")
-    command.add_argument("--subs", help="channel patterns the user may subscribe to: 'user:42,room:*'")
-    command.add_argument("--pubs", help="channel patterns the user may publish to")
-    command.add_argument("--aud", help="audience (wsd --auth-audience)")
-    command.add_argument("--iss", help="issuer (wsd --auth-issuer)")
-    command.set_defaults(run=token)
+    for name, run, help_text in (
+        ("token", token, "print a signed connection token"),
+        ("serve", serve, "serve tokens over HTTP for the demo page: GET /token?sub=NAME (anyone gets one)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        keys = command.add_mutually_exclusive_group(required=True)
+        keys.add_argument("--secret-file", help="HS256 with the secret in this file (what wsd reads)")
+        keys.add_argument("--secret", help="HS256 with this secret (visible in ps: prefer --secret-file)")
+        keys.add_argument("--private-key", help="RS256/ES256 with this PEM private key")
+        if name == "token":
+            command.add_argument("--sub", required=True, help="the user id")
+        else:
+            command.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+            command.add_argument("--port", type=int, default=8082, help="port to serve on (default 8082)")
+        command.add_argument("--ttl", type=int, default=3600, help="seconds until exp (default 3600)")
+        command.add_argument("--subs", help="channel patterns the user may subscribe to: 'user:42,room:*'")
+        command.add_argument("--pubs", help="channel patterns the user may publish to")
+        command.add_argument("--aud", help="audience (wsd --auth-audience)")
+        command.add_argument("--iss", help="issuer (wsd --auth-issuer)")
+        command.set_defaults(run=run)
 
     args = parser.parse_args(argv)
     try:

@@ -132,6 +132,8 @@ export function connect(url, options = {}) {
  * @property {string} channel
  * @property {number} off    the message's offset in its channel
  * @property {number} epoch  the channel's epoch (changes when the server lost the channel's history)
+ * @property {string} [from]  the user (token `sub`) who published it, for a client's publish with
+ *   auth on; absent for messages from the app's backend (the publish API)
  */
 
 /**
@@ -796,6 +798,7 @@ export class WsdClient extends EventTarget {
     }
     subscription.last = off;
     const meta = { channel: subscription.channel, off, epoch: subscription.epoch };
+    if (typeof message.from === "string") meta.from = message.from;
     for (const handler of [...subscription.handlers]) {
       try {
         handler(message.data, meta);

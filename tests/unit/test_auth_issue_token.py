@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,26 @@ def test_existing_files_are_not_overwritten(tmp_path):
     result = run("new-secret", str(secret))
     assert result.returncode != 0 and "exists: not overwritten" in result.stderr
     assert secret.read_text() == "keep me"
+
+
+def test_the_demo_token_server_issues_tokens_for_the_name_asked(tmp_path):
+    private, public = tmp_path / "private.pem", tmp_path / "public.pem"
+    assert run("new-keypair", str(private), str(public)).returncode == 0
+    server = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "serve", "--private-key", str(private), "--port", "0", "--subs", "feed",
+         "--pubs", "feed", "--ttl", "90"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        banner = server.stdout.readline()
+        url = banner.split(" on ", 1)[1].split("?", 1)[0]
+        with urllib.request.urlopen(f"{url}?sub=alice", timeout=10) as response:
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            token = response.read().decode()
+    finally:
+        server.terminate()
+        server.wait(10)
+    gate = AuthGate.from_settings(AuthSettings(public_key_file=str(public)))
+    identity = gate.authenticate_query(token, time.time())
+    assert isinstance(identity, Identity) and identity.sub == "alice"
+    assert gate.check_publish(identity, "feed") is None and 80 < identity.exp - time.time() <= 90
