@@ -573,18 +573,20 @@ class BusEngine:
             raise BusError(f"bus slot {self.bus_slot} does not hold the role of {channel!r}")
         return h1, h2, self.segments[self.role].table
 
-    def append_external(self, channel: bytes, epoch: int, offset: int, ts_ns: int, data: bytes) -> int:
-        """Append a message another bus sequenced (its epoch and offset, not ours) as the channel's
-        next MSG; only the holder of the channel's role may. It continues the history chain when it
-        follows the table's entry directly. Returns the channel hash, for wake_interested(); the
-        caller polls to deliver it here."""
+    def append_external(
+        self, channel: bytes, epoch: int, offset: int, ts_ns: int, data: bytes, sender: bytes = b""
+    ) -> int:
+        """Append a message another bus sequenced (its epoch and offset, not ours; `sender`: the
+        publishing client's user id) as the channel's next MSG; only the holder of the channel's
+        role may. It continues the history chain when it follows the table's entry directly.
+        Returns the channel hash, for wake_interested(); the caller polls to deliver it here."""
         h1, h2, table = self._own_table_for(channel)
         current = table.get(h1, h2)
         if current is None and len(table) >= table.limit:
             self._make_room(table)
         follows = current is not None and current[0] == epoch and current[1] == offset - 1
         prev_pos = current[2] if follows else NO_POSITION
-        self._append_message(table, h1, h2, channel, data, NO_SLOT, 0, ts_ns, epoch, offset, prev_pos)
+        self._append_message(table, h1, h2, channel, data, NO_SLOT, 0, ts_ns, epoch, offset, prev_pos, sender)
         return h1
 
     def set_position(self, channel: bytes, epoch: int, offset: int) -> int:

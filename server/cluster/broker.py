@@ -158,19 +158,20 @@ class ClusterBroker(ShmBroker):
             return BrokerError(f"cluster unavailable: {shard.target.shown}: {error}", code=UNAVAILABLE)
         return None
 
-    def publish(self, channel: str, data_json: bytes):
-        limit = self.engine.max_data_size(channel)
+    def publish(self, channel: str, data_json: bytes, sender: bytes = b""):
+        # Redis's message comes back into a ring entry, with the sender's id.
+        limit = self.engine.max_data_size(channel) - len(sender)
         if len(data_json) > limit:
             raise BrokerError(
                 f"message too large for the bus: {len(data_json)} bytes of data on channel {channel!r}, at most "
                 f"{limit} (one bus ring entry is a quarter of --ring-size; raise it for larger messages)",
                 status=413,
             )
-        return self._publish(channel, data_json)
+        return self._publish(channel, data_json, sender.decode() if sender else None)
 
-    async def _publish(self, channel: str, data_json: bytes) -> int:
+    async def _publish(self, channel: str, data_json: bytes, user: str | None) -> int:
         try:
-            result = await self.cluster.publish(channel, data_json)
+            result = await self.cluster.publish(channel, data_json, user)
         except ClusterReplyError as exc:
             raise BrokerError(str(exc), code=PUBLISH_FAILED, status=503) from None
         except ClusterError as exc:
@@ -217,14 +218,16 @@ class ClusterBroker(ShmBroker):
             return found
         return self._redis_history(channel, since, upto)
 
-    async def _redis_history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes]] | None:
+    async def _redis_history(
+        self, channel: str, since: StreamPosition, upto: int
+    ) -> list[tuple[int, bytes, bytes]] | None:
         try:
             result = await self.cluster.history(channel, RedisPosition(since.epoch, since.offset), upto=upto)
         except ClusterError as exc:
             raise BrokerError(str(exc), code=UNAVAILABLE) from None
         if result.publications is None:
             return None
-        return [(publication.offset, publication.data) for publication in result.publications]
+        return [(p.offset, p.data, p.user.encode() if p.user else b"") for p in result.publications]
 
     # -- asking the role's holder --
 

@@ -43,8 +43,13 @@ MAX_BUFFERED = 10_000  # live messages kept per channel during a catch-up; beyon
 
 # waiter(error): the subscription is ready (error None) or could not be taken (error says why).
 Waiter = Callable[[str | None], None]
-# (epoch, offset, data, ts_ns) of a live publication
-Live = tuple[int, int, bytes, int]
+# (epoch, offset, data, ts_ns, sender) of a live publication (sender: the publishing client's user
+# id, UTF-8; b"" for an API publish)
+Live = tuple[int, int, bytes, int, bytes]
+
+
+def sender_of(user: str | None) -> bytes:
+    return user.encode() if user else b""
 
 
 @dataclass
@@ -72,7 +77,9 @@ def plan_catch_up(current: tuple[int, int] | None, read: HistoryResult, live: Se
     elif read.publications is None:
         plan.gap = (read.epoch, read.offset)
     else:
-        plan.appends = [(p.epoch, p.offset, p.data, p.ts_ns) for p in read.publications if p.offset > current[1]]
+        plan.appends = [
+            (p.epoch, p.offset, p.data, p.ts_ns, sender_of(p.user)) for p in read.publications if p.offset > current[1]
+        ]
     epoch, offset = read.epoch, read.offset
     for item in live:
         if item[0] == epoch and item[1] == offset + 1:
@@ -285,8 +292,8 @@ class ChannelOwner:
             )  # fmt: skip
             engine.append_record(TAG_GAP, encode_gap(channel, epoch, offset))
             self._woken.add(engine.set_position(channel, epoch, offset))
-        for epoch, offset, data, ts_ns in plan.appends:
-            self._woken.add(engine.append_external(channel, epoch, offset, ts_ns, data))
+        for epoch, offset, data, ts_ns, sender in plan.appends:
+            self._woken.add(engine.append_external(channel, epoch, offset, ts_ns, data, sender))
             self.appended += 1
         if plan.again:
             held.sync_again = True
@@ -296,21 +303,22 @@ class ChannelOwner:
     # -- publications and rebuilt connections (the ClusterClient's callbacks) --
 
     def on_publication(self, channel_name: str, epoch: int, offset: int, data: bytes, ts_ns: int,
-                       _user: str | None) -> None:  # fmt: skip
+                       user: str | None) -> None:  # fmt: skip
         channel = channel_name.encode()
+        sender = sender_of(user)
         held = self.channels.get(channel)
         if held is None:
             return  # dropped, or an unsubscribe still on its way
         if not held.ready or held.syncing:
             if len(held.live) < MAX_BUFFERED:
-                held.live.append((epoch, offset, data, ts_ns))
+                held.live.append((epoch, offset, data, ts_ns, sender))
             else:
                 held.sync_again = held.catch_up = True  # the next read covers what is not kept
             return
         current = self.engine.table_position(channel)
         if current is not None and current[0] == epoch:
             if offset == current[1] + 1:
-                self._woken.add(self.engine.append_external(channel, epoch, offset, ts_ns, data))
+                self._woken.add(self.engine.append_external(channel, epoch, offset, ts_ns, data, sender))
                 self.appended += 1
                 self._schedule_flush()
                 return
@@ -318,7 +326,7 @@ class ChannelOwner:
                 return  # seen in a catch-up already
         # A hole (messages lost on the way: the pub/sub connection was rebuilt) or a new epoch:
         # read the stream from where the ring is; live messages wait for that read.
-        held.live.append((epoch, offset, data, ts_ns))
+        held.live.append((epoch, offset, data, ts_ns, sender))
         self._sync(channel, held, catch_up=True)
 
     def on_rebuilt(self, channel_names: list[str]) -> None:

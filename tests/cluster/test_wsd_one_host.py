@@ -323,3 +323,51 @@ def test_the_cluster_table_of_the_config_file_is_read(tmp_path):
     with pytest.raises(ConfigError, match="list of strings"):
         load_toml(str(path))
     assert build_config({}, {}).cluster == []  # the default: one host
+
+
+def test_a_client_publish_carries_its_user_through_redis_live_and_in_redis_history(redis_server, tmp_path):
+    from websockets.sync.client import connect
+
+    from tests.auth_material import SECRET, hs256
+
+    wsd = WsdProcess(tmp_path / "wsd", workers=2, flags=[
+        "--cluster", f"redis://:{PASSWORD}@127.0.0.1:{redis_server.port}", "--auth-secret", SECRET])  # fmt: skip
+    wsd.start()
+
+    def token(sub: str, **claims) -> str:
+        return hs256({"sub": sub, "exp": int(time.time()) + 120, **claims})
+
+    def call(ws, message: dict) -> dict:
+        ws.send(json.dumps(message))
+        while (reply := json.loads(ws.recv(timeout=10)))["op"] == "msg":
+            pass
+        return reply
+
+    try:
+        alice = token("alice", pubs=["from:*"])
+        # Published while the host has no subscriber: only Redis has these, and their user.
+        for n in range(3):
+            with connect(f"{wsd.url}?token={alice}", open_timeout=10) as ws:
+                assert call(ws, {"op": "pub", "ch": "from:redis", "data": n, "id": 1})["op"] == "ok"
+        api_publish(wsd, "from:redis", "api")
+        with connect(f"{wsd.url}?token={token('bob', subs=['from:*'])}", open_timeout=10) as reader:
+            reply = call(reader, {"op": "sub", "ch": "from:redis", "since": {"off": 0, "epoch": 0}, "id": 1})
+            epoch = reply["epoch"]
+            reply = call(reader, {"op": "sub", "ch": "from:live", "id": 2})
+            assert reply["op"] == "ok"
+            # Live: from publishers on both workers (the kernel spreads the connections).
+            workers = set()
+            for n in range(6):
+                with connect(f"{wsd.url}?token={alice}", open_timeout=10) as ws:
+                    workers.add(ws.response.headers["X-Wsd-Worker"])
+                    assert call(ws, {"op": "pub", "ch": "from:live", "data": n, "id": 1})["op"] == "ok"
+            api_publish(wsd, "from:live", "api")
+            live = [json.loads(reader.recv(timeout=10)) for _ in range(7)]
+        assert [m.get("from") for m in live] == ["alice"] * 6 + [None] and [m["off"] for m in live] == list(range(1, 8))
+        with connect(f"{wsd.url}?token={token('bob', subs=['from:*'])}", open_timeout=10) as again:
+            reply = call(again, {"op": "sub", "ch": "from:redis", "since": {"off": 0, "epoch": epoch}, "id": 1})
+            assert reply["recovered"] is True
+            replayed = [json.loads(again.recv(timeout=10)) for _ in range(4)]
+        assert [(m["off"], m.get("from")) for m in replayed] == [(1, "alice"), (2, "alice"), (3, "alice"), (4, None)]
+    finally:
+        wsd.kill()

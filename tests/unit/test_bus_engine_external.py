@@ -27,8 +27,8 @@ class Host:
     def start(self, slot: int) -> BusEngine:
         events = self.events[slot]
         engine = BusEngine(slot, [Segment.attach(os.dup(segment.fd)) for segment in self.segments],
-                           lambda _h, channel, epoch, offset, data, _ts: events.append(("msg", channel, epoch, offset,
-                                                                                        data)),
+                           lambda _h, channel, epoch, offset, data, _ts, sender: events.append(
+                               ("msg", channel, epoch, offset, data) + ((sender,) if sender else ())),
                            lambda token, offset: None, lambda _slot: None, role=slot)  # fmt: skip
         engine.on_record = lambda ring, tag, payload: events.append(("record", ring, tag, payload))
         return engine
@@ -58,12 +58,12 @@ def test_messages_sequenced_elsewhere_are_delivered_in_ring_order_with_other_rec
     assert other.subscribe(channel.decode()) == (123456, 40)
     owner.append_external(channel, 123456, 41, 1_000, b'"a"')
     owner.append_record(FIRST_OTHER_TAG + 2, b"between")
-    owner.append_external(channel, 123456, 42, 2_000, b'"b"')
+    owner.append_external(channel, 123456, 42, 2_000, b'"b"', b"user-42")  # published by a client
     other.poll()
     assert host.events[1] == [
         ("msg", channel, 123456, 41, b'"a"'),
         ("record", 0, FIRST_OTHER_TAG + 2, b"between"),
-        ("msg", channel, 123456, 42, b'"b"'),
+        ("msg", channel, 123456, 42, b'"b"', b"user-42"),
     ]
     assert other.position(channel.decode()) == (123456, 42)
 
@@ -73,10 +73,10 @@ def test_appended_messages_form_a_history_chain_that_a_jump_cuts(host):
     channel = host.channel_of_role(0)
     for offset in range(1, 6):
         owner.append_external(channel, 5, offset, 10**18 + offset, b"%d" % offset)
-    assert other.history(channel.decode(), 5, 2, 5, 100, 0) == [(3, b"3"), (4, b"4"), (5, b"5")]
+    assert other.history(channel.decode(), 5, 2, 5, 100, 0) == [(3, b"3", b""), (4, b"4", b""), (5, b"5", b"")]
     owner.set_position(channel, 5, 9)  # messages 6..9 never reached this ring
     owner.append_external(channel, 5, 10, 10**18 + 10, b"10")
-    assert other.history(channel.decode(), 5, 9, 10, 100, 0) == [(10, b"10")]
+    assert other.history(channel.decode(), 5, 9, 10, 100, 0) == [(10, b"10", b"")]
     assert other.history(channel.decode(), 5, 5, 10, 100, 0) is None
     assert other.history(channel.decode(), 6, 9, 10, 100, 0) is None  # another epoch
 

@@ -77,11 +77,12 @@ def test_a_record_never_carries_an_empty_or_oversized_channel():
 
 
 def publications(epoch: int, offsets: range) -> list[Publication]:
-    return [Publication("c", epoch, o, b"%d" % o, 1000 + o) for o in offsets]
+    # Odd offsets were published by a client (user "u7"), even ones by the API (no user).
+    return [Publication("c", epoch, o, b"%d" % o, 1000 + o, "u%d" % o if o % 2 else None) for o in offsets]
 
 
-def live(epoch: int, *offsets: int) -> list[tuple[int, int, bytes, int]]:
-    return [(epoch, o, b"%d" % o, 1000 + o) for o in offsets]
+def live(epoch: int, *offsets: int) -> list[tuple[int, int, bytes, int, bytes]]:
+    return [(epoch, o, b"%d" % o, 1000 + o, b"u%d" % o if o % 2 else b"") for o in offsets]
 
 
 def test_a_channel_new_to_the_ring_starts_at_redis_position_without_a_gap():
@@ -95,6 +96,8 @@ def test_missed_messages_are_appended_then_the_live_ones_that_follow():
     assert plan.gap is None and plan.jump is None
     assert [a[1] for a in plan.appends] == [11, 12, 13, 14, 15]
     assert plan.appends[0][2] == b"11" and not plan.again
+    # The publisher's user id travels with the message, from the stream and from pub/sub alike.
+    assert [a[4] for a in plan.appends] == [b"u11", b"", b"u13", b"", b"u15"]
 
 
 def test_a_lost_stretch_is_a_gap_at_redis_position_then_the_new_epoch_continues():
