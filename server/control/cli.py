@@ -48,7 +48,8 @@ def serve_parser() -> argparse.ArgumentParser:
     for name, spec in SETTINGS.items():
         flag = "--" + name.replace("_", "-")
         help_text = f"{spec.help} (default: {_default_text(name, spec)})"
-        if spec.kind is list:  # repeatable: each use adds one item
+        if spec.kind is list and spec.parse is None:  # repeatable: each use adds one item
+            # (Lists with a parser take one comma list: --public-channels news,room:*.)
             parser.add_argument(flag, action="append", metavar=spec.metavar, help=help_text)
         elif spec.choices is not None:
             parser.add_argument(flag, choices=spec.choices, help=help_text, type=str.lower)

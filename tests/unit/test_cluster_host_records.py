@@ -78,7 +78,7 @@ def test_a_record_never_carries_an_empty_or_oversized_channel():
 
 def publications(epoch: int, offsets: range) -> list[Publication]:
     # Odd offsets were published by a client (user "u7"), even ones by the API (no user).
-    return [Publication("c", epoch, o, b"%d" % o, 1000 + o, "u%d" % o if o % 2 else None) for o in offsets]
+    return [Publication("c", epoch, o, b"%d" % o, 1000 + o, f"u{o}" if o % 2 else None) for o in offsets]
 
 
 def live(epoch: int, *offsets: int) -> list[tuple[int, int, bytes, int, bytes]]:
