@@ -314,8 +314,8 @@ def test_two_channels_whose_hashes_collide_keep_apart_offsets_deliveries_and_his
     assert c.delivered[0] == [(beta, n + 1, f'"b{n}"'.encode()) for n in range(2)]
     assert [c.acks[1][t] for t in tokens] == [1, 2]
     epoch, _ = c.engines[1].position(alpha)
-    assert c.engines[1].history(alpha, epoch, 0, 3, 100, 0) == [(n + 1, f'"a{n}"'.encode()) for n in range(3)]
-    assert c.engines[1].history(beta, epoch, 0, 2, 100, 0) == [(n + 1, f'"b{n}"'.encode()) for n in range(2)]
+    assert c.engines[1].history(alpha, epoch, 0, 3, 100, 0) == [(n + 1, f'"a{n}"'.encode(), b"") for n in range(3)]
+    assert c.engines[1].history(beta, epoch, 0, 2, 100, 0) == [(n + 1, f'"b{n}"'.encode(), b"") for n in range(2)]
     assert len(c.segments[0].table) == 2
 
 
@@ -354,7 +354,7 @@ def test_a_full_table_forgets_the_least_recently_used_channel_nobody_subscribes_
     assert table.get(*FIXED(b"old"))[0] != old_epoch
     owner.publish("kept", b'"k2"')
     reader.poll()
-    assert reader.history("kept", reader.position("kept")[0], 0, 2, 100, 0) == [(1, b'"k1"'), (2, b'"k2"')]
+    assert reader.history("kept", reader.position("kept")[0], 0, 2, 100, 0) == [(1, b'"k1"', b""), (2, b'"k2"', b"")]
     assert [(ch, off) for ch, off, _ in c.delivered[1]] == [("kept", 1), ("kept", 2)]
 
 
@@ -443,7 +443,7 @@ def test_the_next_holder_repairs_an_entry_its_predecessor_was_killed_writing(clu
     assert successor.publish(channel, b"3") == (4, 0)  # restored from the ring: offsets go on
     c.engines[1].poll()
     assert [off for _, off, _ in c.delivered[1]] == [1, 2, 3, 4]
-    assert c.engines[1].history(channel, epoch, 0, 4, 100, 0) == [(n + 1, str(n).encode()) for n in range(4)]
+    assert c.engines[1].history(channel, epoch, 0, 4, 100, 0) == [(n + 1, str(n).encode(), b"") for n in range(4)]
 
 
 def test_an_entry_the_rings_cannot_restore_is_forgotten_into_a_new_epoch(cluster):
