@@ -56,6 +56,8 @@ def api_publish(wsd: WsdProcess, channel: str, data) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+    except OSError as exc:  # the connection was reset (a killed worker held it)
+        return 0, {"error": repr(exc)}
 
 
 async def clients_on_both_workers(url: str, count: int, channel: str | None = None) -> list[Client]:
