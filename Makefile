@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers bench-api system-deps
+.PHONY: run run-auth test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers bench-api bench-cluster system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,12 @@ bench-api: install
 # (npm ci, pip, apt-get redis-server as root), writes bench/results/peers-*.
 bench-peers: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.peers.run --setup --tag 2core-10k
+
+# The cross-host bus: three hosts (network namespaces, as root) sharing one Redis, 10,000 subscribers,
+# wsd --cluster against socket.io 4 + @socket.io/redis-adapter in the same run (npm ci as needed);
+# writes bench/results/cluster-* (see bench/cluster.py).
+bench-cluster: install system-deps
+	flock /tmp/wsd-bench.lock $(PY) -m bench.cluster --setup --tag 3hosts-10k
 
 clean:
 	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so $(VENV) $(DEMO_AUTH)

@@ -65,6 +65,10 @@ class ClientPlan:
     user_channels: bool  # each connection also subscribes to user_channel(i)
     source_addresses: list[str]  # connection i binds source_addresses[i // CONNECTIONS_PER_SOURCE_ADDRESS]
     fast: bool  # the Cython listener (harness/fastlisten.pyx), else the Python one
+    # What every connection subscribes to (besides its user channel); the Cython listener checks the
+    # offset order of SHARED_CHANNEL and of one other channel per connection.
+    channels: tuple[str, ...] = (SHARED_CHANNEL,)
+    netns: str | None = None  # the network namespace the client processes run in (harness.netns_hosts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,10 +168,11 @@ class ClientProcess:
         """Subscribe every connection to the shared channel (and to its own user channel)."""
         started = time.monotonic()
         socketio = self.plan.socketio
-        shared = subscribe_request(SHARED_CHANNEL, socketio)
-        expected_acks = 2 if self.plan.user_channels else 1
+        shared = [subscribe_request(channel, socketio) for channel in self.plan.channels]
+        expected_acks = len(shared) + (1 if self.plan.user_channels else 0)
         for index, listener in self.listeners:
-            listener.transport.send(WSMsgType.TEXT, shared)
+            for request in shared:
+                listener.transport.send(WSMsgType.TEXT, request)
             if self.plan.user_channels:
                 listener.transport.send(WSMsgType.TEXT, subscribe_request(user_channel(index), socketio))
         deadline = started + PHASE_GRACE_SECONDS
@@ -222,6 +227,10 @@ def client_process_main(
     plan: ClientPlan,
 ) -> None:
     """Entry point of one load-generator process."""
+    if plan.netns is not None:
+        from harness.netns_hosts import enter_netns
+
+        enter_netns(plan.netns)
     uvloop.run(ClientProcess(commands, replies, plan).run())
 
 
@@ -241,7 +250,12 @@ class LoadGenerator:
         socketio: bool = False,
         user_channels: bool = False,
         fast: bool = True,
+        channels: tuple[str, ...] = (SHARED_CHANNEL,),
+        addresses: list[str] | None = None,
+        netns: str | None = None,
     ):
+        """`addresses`: source addresses to spread the connections over (default 127.0.0.2, ...);
+        `netns`: run the client processes in that network namespace (with addresses of it)."""
         self.subscribers = subscribers
         # The Cython listener is built here, once, before the processes start and import it.
         self.fast = fast and build_fast_listener()
@@ -250,8 +264,10 @@ class LoadGenerator:
             urls=list(urls),
             socketio=socketio,
             user_channels=user_channels,
-            source_addresses=source_addresses(subscribers, CONNECTIONS_PER_SOURCE_ADDRESS),
+            source_addresses=addresses or source_addresses(subscribers, CONNECTIONS_PER_SOURCE_ADDRESS),
             fast=self.fast,
+            channels=tuple(channels),
+            netns=netns,
         )
         context = multiprocessing.get_context("spawn")
         self.command_pipes: list[multiprocessing.connection.Connection] = []

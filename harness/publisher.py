@@ -16,8 +16,8 @@ from harness.listener import SHARED_CHANNEL
 class Publisher:
     """One keep-alive HTTP connection to a publish API on 127.0.0.1:`api_port`."""
 
-    def __init__(self, api_port: int, payload_bytes: int, channel: str = SHARED_CHANNEL):
-        self.connection = http.client.HTTPConnection("127.0.0.1", api_port, timeout=60)
+    def __init__(self, api_port: int, payload_bytes: int, channel: str = SHARED_CHANNEL, host: str = "127.0.0.1"):
+        self.connection = http.client.HTTPConnection(host, api_port, timeout=60)
         self.channel = channel
         # Pads each message's data to about `payload_bytes` of JSON.
         self.padding = "x" * max(0, payload_bytes - len('{"t":1700000000000000000,"seq":0,"pad":""}'))

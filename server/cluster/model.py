@@ -30,11 +30,10 @@ class Publication:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """Where a publish landed: the channel's epoch, the offset the message got, Redis's time."""
+    """Where a publish landed: the channel's epoch and the offset the message got."""
 
     epoch: int
     offset: int
-    ts_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ end
 local user = ''
 if ARGV[8] == '1' then user = #ARGV[9] .. ':' .. ARGV[9] else user = ':' end
 redis.call(ARGV[7], ARGV[6], '1:' .. epoch .. ':' .. offset .. ':' .. ts .. ':' .. user .. ARGV[1])
-return {offset, epoch, ts}
+return {offset, epoch}
 """
 
 # KEYS: meta hash, stream. ARGV: after offset (-1: position only), max entries, meta TTL (s), new epoch.
@@ -102,10 +102,11 @@ def history_args(meta: str, stream: str, after: int, count: int, meta_ttl_s: int
     return (HISTORY_SHA, 2, meta, stream, after, count, meta_ttl_s, new_epoch())
 
 
-def parse_publish_reply(reply: list) -> tuple[int, int, int]:
-    """(epoch, offset, ts_ns) from the publish script's reply."""
-    offset, epoch, ts = reply
-    return int(epoch), int(offset), int(ts)
+def parse_publish_reply(reply: list) -> tuple[int, int]:
+    """(epoch, offset) from the publish script's reply. (The timestamp travels with the message and
+    its stream entry, not back to the publisher: every byte of the reply is paid per publish.)"""
+    offset, epoch = reply
+    return int(epoch), int(offset)
 
 
 def parse_history_reply(channel: str, reply: list) -> tuple[int, int, int, list[Publication]]:

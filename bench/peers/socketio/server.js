@@ -4,7 +4,8 @@
 //   /socket.io/?EIO=4&transport=websocket, client "40" (connect), 42["sub",C] -> 42["ok",{"ch":C,"off":O}]
 //   deliveries: 42["msg",{"ch":C,"off":O,"data":D}]
 //   HTTP on the same port: POST /api/publish, POST /api/publish_batch (as wsd's publish API)
-// Usage: node server.js PORT REDIS_PORT   (prints "ready" when listening)
+// Usage: node server.js PORT REDIS_PORT [REDIS_HOST [LISTEN_HOST]]   (prints "ready" when listening;
+// hosts default to 127.0.0.1; bench/cluster.py runs one per network namespace with a shared Redis)
 "use strict";
 const http = require("http");
 const { Server } = require("socket.io");
@@ -13,6 +14,8 @@ const { createAdapter } = require("@socket.io/redis-adapter");
 
 const port = Number(process.argv[2] || 9200);
 const redisPort = Number(process.argv[3] || 6379);
+const redisHost = process.argv[4] || "127.0.0.1";
+const listenHost = process.argv[5] || "127.0.0.1";
 const offsets = new Map(); // channel -> last offset (the publisher is always one process)
 
 function publish(io, channel, data) {
@@ -23,7 +26,7 @@ function publish(io, channel, data) {
 }
 
 async function main() {
-  const pubClient = createClient({ url: `redis://127.0.0.1:${redisPort}` });
+  const pubClient = createClient({ url: `redis://${redisHost}:${redisPort}` });
   const subClient = pubClient.duplicate();
   await Promise.all([pubClient.connect(), subClient.connect()]);
   let io;
@@ -50,7 +53,7 @@ async function main() {
   // The coordinator's publish connection idles for as long as a slow burst takes: never time it out.
   server.keepAliveTimeout = 0;
   server.requestTimeout = 0;
-  server.listen(port, "127.0.0.1", 4096, () => console.log("ready"));
+  server.listen(port, listenHost, 4096, () => console.log("ready"));
 }
 
 main().catch((err) => {
