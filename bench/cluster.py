@@ -35,7 +35,7 @@ from bench.measure import RESULTS_DIR, command_line, machine_info, percentile, s
 from bench.peers.run import PEERS_DIR, _node_package_version, _node_version, _redis_version, setup_peers
 from harness.listener import SHARED_CHANNEL
 from harness.loadgen import PHASE_GRACE_SECONDS, LoadGenerator, merge_phase, phase_latencies_us
-from harness.netns_hosts import CLIENT_IPS, REDIS_IP, Lab, NetnsRedis, NetnsWsd, host_ip, in_netns, missing
+from harness.netns_hosts import API_KEY, CLIENT_IPS, REDIS_IP, Lab, NetnsRedis, NetnsWsd, host_ip, in_netns, missing
 from harness.publisher import Publisher
 
 PEERS = ("wsd", "socketio")
@@ -197,7 +197,8 @@ def run_paced(args, generators: list[LoadGenerator], publisher: Publisher, meter
 
 
 def publisher_for(lab: Lab, deployment: Deployment, channel: str, payload_bytes: int) -> Publisher:
-    publisher = Publisher(deployment.api_port(), payload_bytes, channel, host=host_ip(0))
+    publisher = Publisher(deployment.api_port(), payload_bytes, channel, host=host_ip(0),
+                          api_key=API_KEY if deployment.peer == "wsd" else None)
     connect = publisher.connection.connect
 
     def connect_in_the_client_namespace() -> None:

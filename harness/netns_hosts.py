@@ -30,6 +30,8 @@ REDIS_IP = f"{SUBNET}.0.2"
 CLIENT_IPS = [f"{SUBNET}.1.{index}" for index in range(1, 33)]
 WS_PORT = 8080
 API_PORT = 8081
+# The API listens beyond loopback in the lab, which wsd allows only with a key (protected mode).
+API_KEY = "lab-api-key-0123456789"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -282,7 +284,8 @@ class NetnsWsd:
     def start(self, wait: bool = True) -> None:
         wsd = str(Path(sys.executable).with_name("wsd"))
         command = [wsd, "serve", "--host", "0.0.0.0", "--port", str(WS_PORT), "--api-host", "0.0.0.0", "--api-port",
-                   str(API_PORT), "--admin-socket", self.admin_socket, "--workers", str(self.workers), *self.flags]
+                   str(API_PORT), "--api-key", API_KEY, "--admin-socket", self.admin_socket, "--workers",
+                   str(self.workers), *self.flags]
         self.process = self.lab.spawn(self.lab.hosts[self.index], command, self.log_name)  # fmt: skip
         if wait:
             self.wait_ready()
@@ -328,8 +331,9 @@ class NetnsWsd:
 class ApiClient:
     """The publish API of one lab host over one kept-alive connection from the client namespace."""
 
-    def __init__(self, lab: Lab, ip: str, port: int = API_PORT):
+    def __init__(self, lab: Lab, ip: str, port: int = API_PORT, api_key: str | None = API_KEY):
         self.lab, self.ip, self.port = lab, ip, port
+        self.authorization = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
         self.reader = self.writer = None
 
     async def _connect(self) -> None:
@@ -345,7 +349,7 @@ class ApiClient:
 
         payload = json.dumps(body).encode()
         request = (f"POST {path} HTTP/1.1\r\nHost: {self.ip}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload  # fmt: skip
+                   f"{self.authorization}Content-Length: {len(payload)}\r\n\r\n").encode() + payload  # fmt: skip
         for attempt in range(2):
             try:
                 if self.writer is None:

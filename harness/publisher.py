@@ -16,14 +16,18 @@ from harness.listener import SHARED_CHANNEL
 class Publisher:
     """One keep-alive HTTP connection to a publish API on 127.0.0.1:`api_port`."""
 
-    def __init__(self, api_port: int, payload_bytes: int, channel: str = SHARED_CHANNEL, host: str = "127.0.0.1"):
+    def __init__(self, api_port: int, payload_bytes: int, channel: str = SHARED_CHANNEL, host: str = "127.0.0.1",
+                 api_key: str | None = None):  # fmt: skip
         self.connection = http.client.HTTPConnection(host, api_port, timeout=60)
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
         self.channel = channel
         # Pads each message's data to about `payload_bytes` of JSON.
         self.padding = "x" * max(0, payload_bytes - len('{"t":1700000000000000000,"seq":0,"pad":""}'))
 
     def post(self, path: str, body: bytes) -> dict:
-        self.connection.request("POST", path, body, {"Content-Type": "application/json"})
+        self.connection.request("POST", path, body, self.headers)
         response = self.connection.getresponse()
         payload = response.read()
         if response.status != 200:

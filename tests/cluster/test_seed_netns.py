@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.netns_hosts import ApiClient
+from harness.netns_hosts import API_KEY, ApiClient
 from tests.balancer.netlab import BACKEND_IPS, CLIENT_IPS, FRONT_IP, PORT, VIP, Lab, client_socket
 from tests.cluster.conftest import run
 from tests.cluster.redis_servers import MISSING
@@ -66,7 +66,7 @@ class Seed:
     def start_backend(self, index: int) -> None:
         self.backends[index] = self.lab.spawn(
             self.lab.backends[index], WSD, "serve", "--host", "0.0.0.0", "--port", str(PORT), "--api-host", "0.0.0.0",
-            "--api-port", "8081", "--admin-socket", self.admin_socket(index), "--workers", "2",
+            "--api-port", "8081", "--api-key", API_KEY, "--admin-socket", self.admin_socket(index), "--workers", "2",
             "--cluster", self.redis_url, "--drain-window", "3", log_name=f"b{index}",
         )  # fmt: skip
 
