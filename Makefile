@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn bench-fanout bench-connections bench-auth bench-peers bench-api bench-cluster system-deps
+.PHONY: run run-auth test install lint clean autobahn bench-fanout bench-connections bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench-connections: install
 # writes bench/results/auth-verify-* (see bench/auth_verify.py).
 bench-auth: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.auth_verify
+
+# Handshake rate and fan-out with auth on vs off and TLS on vs off, in one run (plain, hs256, es256,
+# tls, tls+es256; 5,000 subscribers on 2 workers); writes bench/results/auth-cost-* (see bench/auth_cost.py).
+bench-auth-cost: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.auth_cost --subscribers 5000 --tag 2w-5k
 
 # The publish API alone: pipelined POST /api/publish against a publisher that answers at once;
 # requests/s and server CPU per request; writes bench/results/api-throughput-* (see bench/api_throughput.py).

@@ -22,9 +22,11 @@ import asyncio
 import multiprocessing
 import multiprocessing.connection
 import os
+import ssl
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,7 @@ class ClientPlan:
     # offset order of SHARED_CHANNEL and of one other channel per connection.
     channels: tuple[str, ...] = (SHARED_CHANNEL,)
     netns: str | None = None  # the network namespace the client processes run in (harness.netns_hosts)
+    ca_pem: str | None = None  # wss:// URLs: the PEM certificates to trust (a self-signed server's)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class ClientProcess:
             self.recorder = PhaseRecorder()
             self.new_listener = lambda: SubscriberListener(self.recorder, plan.socketio)
         self.listeners: list[tuple[int, SubscriberListener]] = []  # (index over all processes, listener)
+        self.ssl_context = None if plan.ca_pem is None else ssl.create_default_context(cadata=plan.ca_pem)
         self.finished = asyncio.Event()
         self.phase_deadline: asyncio.TimerHandle | None = None
 
@@ -139,6 +143,7 @@ class ClientProcess:
                         self.new_listener,
                         url,
                         socket_factory=lambda _url, source=source: bound_socket(source),
+                        ssl_context=self.ssl_context,
                         read_buffer_init_size=READ_BUFFER_INIT_SIZE,
                         use_aiofastnet=False,
                         websocket_handshake_timeout=30,
@@ -253,9 +258,11 @@ class LoadGenerator:
         channels: tuple[str, ...] = (SHARED_CHANNEL,),
         addresses: list[str] | None = None,
         netns: str | None = None,
+        ca_pem: str | None = None,
     ):
         """`addresses`: source addresses to spread the connections over (default 127.0.0.2, ...);
-        `netns`: run the client processes in that network namespace (with addresses of it)."""
+        `netns`: run the client processes in that network namespace (with addresses of it);
+        `ca_pem`: the certificates a wss:// server is trusted by."""
         self.subscribers = subscribers
         # The Cython listener is built here, once, before the processes start and import it.
         self.fast = fast and build_fast_listener()
@@ -268,6 +275,7 @@ class LoadGenerator:
             fast=self.fast,
             channels=tuple(channels),
             netns=netns,
+            ca_pem=ca_pem,
         )
         context = multiprocessing.get_context("spawn")
         self.command_pipes: list[multiprocessing.connection.Connection] = []
@@ -311,15 +319,18 @@ class LoadGenerator:
             {"expected_per_connection": expected_per_connection, "record_latency": record_latency, "timeout": timeout},
         )
 
-    def connect_all(self) -> dict[str, Any]:
+    def connect_all(self, on_connected: Callable[[], None] | None = None) -> dict[str, Any]:
         """Connect every subscriber (every process at once, so the server sees the combined handshake
-        rate) and subscribe it; raises if any connection or subscription failed."""
+        rate) and subscribe it; raises if any connection or subscription failed. `on_connected` is
+        called between the two (a benchmark measuring the handshakes alone stops its clock there)."""
         first_indexes = [sum(self.per_process[:i]) for i in range(len(self.per_process))]
         started = time.monotonic()
         replies = self.request(
             "connect", [{"count": n, "first_index": f} for n, f in zip(self.per_process, first_indexes, strict=True)]
         )
         connect_seconds = time.monotonic() - started
+        if on_connected is not None:
+            on_connected()
         connected = sum(r["connected"] for r in replies)
         if connected < self.subscribers:
             failures = [r["failures"] for r in replies if r["failed"]]

@@ -1,4 +1,5 @@
-"""Smoke test of `python -m bench.auth_verify`: a tiny run writes a well-formed report (no timing asserted)."""
+"""Smoke tests of `python -m bench.auth_verify` and `bench.auth_cost`: tiny runs write well-formed reports
+(no timing asserted)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,17 @@ def test_auth_benchmark_writes_its_report(tmp_path: Path) -> None:
         report["results"]["checks"]
     )
     assert report["results"]["memory"]["rate_state_bytes_per_connection"] > 0
+
+
+def test_auth_cost_benchmark_writes_its_report(tmp_path: Path) -> None:
+    # Two of the five configurations, a few connections: the run works end to end (no timing asserted).
+    command = [sys.executable, "-m", "bench.auth_cost", "--subscribers", "20", "--rounds", "1", "--passes", "1",
+               "--messages", "5", "--paced-seconds", "0.4", "--configurations", "plain,tls+es256",
+               "--out", str(tmp_path), "--tag", "smoke"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
+    assert result.returncode == 0, f"bench.auth_cost failed:\n{result.stdout}\n{result.stderr}"
+    report = json.loads((tmp_path / "auth-cost-smoke.json").read_text())
+    assert (tmp_path / "auth-cost-smoke.md").read_text().startswith("# wsd: the cost of auth and TLS")
+    assert list(report["summary"]) == ["plain", "tls+es256"]
+    for row in report["summary"].values():
+        assert row["errors"] == 0 and row["handshakes_per_second"]["median"] > 0
