@@ -28,7 +28,7 @@ from wsd.server.auth.tokens import Identity
 from wsd.server.bus.broker import ShmBroker
 from wsd.server.bus.provision import attach as attach_bus
 from wsd.server.bus.tick import Periodic
-from wsd.server.control.config import Config
+from wsd.server.control.config import Config, ConfigError
 from wsd.server.control.security import load_security
 from wsd.server.counters import WorkerCounters
 from wsd.server.logs import setup_logging
@@ -327,6 +327,12 @@ def main() -> int:
         setproctitle(f"wsd: worker {spec['slot']}")
     except ImportError:  # pragma: no cover - setproctitle is a declared dependency
         pass
-    worker = Worker(spec)
+    try:
+        worker = Worker(spec)
+    except ConfigError as exc:
+        # A key or certificate file went bad since the supervisor checked it (every process reads
+        # them anew): say which, once per attempt, rather than a traceback.
+        log.error("worker %d cannot start: %s", spec["slot"], exc)
+        return 2
     uvloop.run(worker.run())
     return 0
