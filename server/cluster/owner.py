@@ -127,7 +127,6 @@ class ChannelOwner:
         self.gaps = 0
         self.subscribes = 0
         self.unsubscribes = 0
-        self._read_failures_logged = 0.0
 
     # -- interest of the host's workers --
 
@@ -254,7 +253,9 @@ class ChannelOwner:
                     else:
                         read = await self.client.history(name, StreamPosition(*current))
                 except ClusterError as exc:
-                    self._log_read_failure(name, exc)
+                    # The outage itself is logged by the client, once; this is what it costs (the
+                    # log writes one line of this kind per 10 s, with the count of the others).
+                    log.warning("cluster: cannot read the stream of %r (retried when Redis answers): %s", name, exc)
                     held.catch_up = held.catch_up or catch_up
                     if not held.ready:
                         self._failed(channel, held, str(exc))
@@ -369,13 +370,6 @@ class ChannelOwner:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("cluster: a channel task failed", exc_info=task.exception())
-
-    def _log_read_failure(self, channel: str, exc: ClusterError) -> None:
-        # The outage itself is logged once by the client; this says what it costs, at most every 10 s.
-        now = time.monotonic()
-        if now - self._read_failures_logged > 10:
-            self._read_failures_logged = now
-            log.warning("cluster: cannot read the stream of %r (retrying): %s", channel, exc)
 
     def close(self) -> None:
         self._closed = True
