@@ -23,6 +23,9 @@ cdef extern from *:
     static inline uint32_t wsd_exchange_u32(void *p, uint32_t v) {
         return __atomic_exchange_n((uint32_t *)p, v, __ATOMIC_SEQ_CST);
     }
+    static inline uint32_t wsd_add_fetch_u32(void *p, uint32_t v) {
+        return __atomic_add_fetch((uint32_t *)p, v, __ATOMIC_SEQ_CST);
+    }
     static inline uint8_t wsd_load_acquire_u8(const void *p) {
         return __atomic_load_n((const uint8_t *)p, __ATOMIC_ACQUIRE);
     }
@@ -45,6 +48,7 @@ cdef extern from *:
     uint32_t wsd_load_acquire_u32(const void *p) nogil
     void wsd_store_release_u32(void *p, uint32_t v) nogil
     uint32_t wsd_exchange_u32(void *p, uint32_t v) nogil
+    uint32_t wsd_add_fetch_u32(void *p, uint32_t v) nogil
     uint8_t wsd_load_acquire_u8(const void *p) nogil
     void wsd_store_release_u8(void *p, uint8_t v) nogil
     void wsd_fence_seq_cst() nogil

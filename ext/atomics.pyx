@@ -48,3 +48,9 @@ def store_u32(buf, Py_ssize_t offset, uint32_t value) -> None:
 def exchange_u32(buf, Py_ssize_t offset, uint32_t value) -> int:
     """Sequentially consistent exchange of the u32 at `offset`; returns the previous value."""
     return wsd_exchange_u32(_address(buf, offset, 4), value)
+
+
+def add_u32(buf, Py_ssize_t offset, long delta) -> int:
+    """Sequentially consistent add of `delta` (may be negative: modulo 2**32) to the u32 at `offset`;
+    returns the new value."""
+    return wsd_add_fetch_u32(_address(buf, offset, 4), <uint32_t>(delta & 0xFFFFFFFF))

@@ -203,3 +203,41 @@ def test_a_worker_holds_at_most_max_worker_subscriptions(wsd_factory):
     assert json.loads(client.recv_frame()[1])["op"] == "ok"
     client.send_text(json.dumps({"op": "sub", "ch": "c3", "id": 5}))
     assert json.loads(client.recv_frame()[1])["op"] == "ok"  # room again
+
+
+def _handshake_from(port: int, source: str) -> tuple[int, bytes, socket.socket]:
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(HANDSHAKE.format(key=base64.b64encode(os.urandom(16)).decode()).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "closed without an answer"
+        head += chunk
+    return int(head.split(b" ", 2)[1]), head, sock
+
+
+def test_connections_per_address_are_limited_for_the_whole_server(wsd_factory):
+    wsd = wsd_factory("--max-connections-per-ip", "3", workers=2)
+    held = []
+    answers = []
+    for _ in range(6):
+        status, head, sock = _handshake_from(wsd.port, "127.0.0.1")
+        answers.append(status)
+        if status == 101:
+            held.append(sock)
+        else:
+            assert status == 503 and b"too many connections from your address" in head
+            sock.close()
+    assert answers == [101, 101, 101, 503, 503, 503], answers  # over both workers together
+    status, _, other = _handshake_from(wsd.port, "127.0.0.2")
+    assert status == 101  # another address is not affected
+    held.pop().close()
+    time.sleep(0.3)
+    status, _, sock = _handshake_from(wsd.port, "127.0.0.1")
+    assert status == 101  # the closed connection gave its place back
+    held.append(sock)
+    for sock in (*held, other):
+        sock.close()

@@ -110,6 +110,10 @@ class Config:
         None, int, "connections the whole server holds (each worker stops accepting at its share)",
         optional=True, default_text="as descriptors allow",
     )  # fmt: skip
+    max_connections_per_ip: int | None = setting(
+        None, int, "connections one client address may hold on the whole server (more: HTTP 503)", optional=True,
+        default_text="off",
+    )  # fmt: skip
     max_message_size: int = setting(64 * 1024, int, "largest client message in bytes; larger: close 1009")
     max_subscriptions: int = setting(1000, int, "channels one connection may subscribe to")
     max_worker_subscriptions: int | None = setting(
@@ -199,6 +203,8 @@ class Config:
                 raise ConfigError(f"{name} must be a TCP port 0-65535, got {value!r}")
         if self.port == self.api_port and self.port != 0 and self.host == self.api_host:
             raise ConfigError(f"port and api_port must differ, both are {self.port}")
+        if self.max_connections_per_ip is not None and self.max_connections_per_ip < 1:
+            raise ConfigError(f"max_connections_per_ip must be positive, got {self.max_connections_per_ip}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigError(f"max_connections must be positive, got {self.max_connections}")
         if self.max_message_size < 128:

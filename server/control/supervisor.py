@@ -47,6 +47,7 @@ from wsd.server.control.processes import WorkerProcess, WorkerSlot, describe_exi
 from wsd.server.control.reload import RollingReload
 from wsd.server.control.security import exposure_checks, load_security
 from wsd.server.control.status import totals, workers_status
+from wsd.server.worker.address_limits import create_counts_memfd, zero_region
 
 log = logging.getLogger("wsd.supervisor")
 
@@ -141,6 +142,9 @@ class Supervisor:
         except BusSetupError as exc:
             raise SystemExit(f"wsd: {exc}") from None
         self.segments = self.bus.segments
+        # Per-address connection counts (--max-connections-per-ip), made always so a reload can turn
+        # the limit on; a worker touches its pages only when it counts.
+        self.address_counts_fd, self.address_counts_secret = create_counts_memfd(2 * self.workers)
         log.info(
             "bus: %d MiB of shared memory reserved (%d bus slots of %.1f MiB)",
             self.bus.memory_bytes // (1 << 20), len(self.segments), layout.size / (1 << 20),
@@ -372,14 +376,14 @@ class Supervisor:
                         "worker %d old process %d exited (%s)",
                         slot.index, process.pid, describe_exit(process.popen.returncode),
                     )  # fmt: skip
-                    self._pass_on_role(process)
+                    self._forget_process(process)
             process = slot.current
             if process is None or process.alive():
                 continue
             code = process.popen.returncode
             slot.current = None
             slot.last_exit = describe_exit(code)
-            self._pass_on_role(process)
+            self._forget_process(process)
             if self.state in ("stopping", "draining"):
                 slot.state = "stopped"
                 log.info("worker %d stopped (%s)", slot.index, slot.last_exit)
@@ -408,6 +412,11 @@ class Supervisor:
                 "worker %d (pid %d) died after %.1fs (%s); respawning in %.1fs",
                 slot.index, process.pid, ran_for, slot.last_exit, delay,
             )  # fmt: skip
+
+    def _forget_process(self, gone: WorkerProcess) -> None:
+        """What a process leaves behind when it exits: its role passes on, its counts go."""
+        self._pass_on_role(gone)
+        zero_region(self.address_counts_fd, gone.bus_slot)
 
     def _pass_on_role(self, gone: WorkerProcess) -> None:
         """A process that sequenced a role is gone: its slot's current process takes the role."""
@@ -472,10 +481,14 @@ class Supervisor:
             **self.bus.worker_spec(bus_slot),
             "cluster_node_id": self.cluster_node_id,
             "cluster_status_dir": self.cluster_status_dir,
+            "address_counts_fd": self.address_counts_fd,
+            "address_counts_secret": self.address_counts_secret.hex(),
         }
         self.segments[bus_slot].set_role_to_take(None)
         self.segments[bus_slot].set_drain_window_s(None)
-        fds = (slot.ws_socket.fileno(), slot.api_socket.fileno(), *self.bus.pass_fds(bus_slot))
+        fds = (
+            slot.ws_socket.fileno(), slot.api_socket.fileno(), *self.bus.pass_fds(bus_slot), self.address_counts_fd,
+        )  # fmt: skip
         popen = start_worker_process(spec, fds)
         if not standby and slot.state in ("dead", "crash-loop"):
             slot.restarts += 1

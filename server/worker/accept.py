@@ -20,7 +20,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import picows
+from picows.api import _resolve_logger
+from picows.picows import WSAutoPingStrategy, WSProtocol
 
 log = logging.getLogger("wsd.worker")
 
@@ -49,7 +50,7 @@ class AcceptGate:
 
     async def start(self) -> None:
         listener = socket.socket(fileno=os.dup(self.listen_socket.fileno()))
-        self.server = await picows.ws_create_server(self.route, sock=listener, **self.server_kwargs)
+        self.server = await create_peer_aware_server(self.loop, self.route, listener, **self.server_kwargs)
         self.accepting = not self.closed
         if self.closed:  # closed while the server was starting
             self.close()
@@ -75,3 +76,52 @@ class AcceptGate:
         elif not self.accepting and count < self.limit * RESUME_ACCEPTING_AT:
             self.accepting = True
             log.info("worker %d accepting again (%d connections)", self.slot, count)
+
+
+class _PeerAwareRoute:
+    """picows's listener factory sees only the upgrade request; this one, made per connection and
+    dropped once its handshake is answered, passes the peer's address along too."""
+
+    __slots__ = ("route", "protocol")
+
+    def __init__(self, route: Callable[[Any, Any], Any]):
+        self.route = route
+        self.protocol: WSProtocol | None = None
+
+    def __call__(self, request: Any) -> Any:
+        peer = self.protocol.transport.underlying_transport.get_extra_info("peername")
+        return self.route(request, peer)
+
+
+async def create_peer_aware_server(
+    loop: asyncio.AbstractEventLoop,
+    route: Callable[[Any, Any], Any],
+    sock: socket.socket,
+    *,
+    backlog: int,
+    enable_auto_pong: bool,
+    max_frame_size: int,
+    read_buffer_init_size: int,
+    ssl: Any = None,
+    websocket_handshake_timeout: float = 5.0,
+    use_aiofastnet: bool = False,
+) -> asyncio.Server:
+    """`picows.ws_create_server`, with `route(request, peer)` instead of `factory(request)`.
+
+    It builds picows's WSProtocol as ws_create_server does (picows 2.3), on uvloop's own
+    create_server (not aiofastnet, which wsd does not use)."""
+    if use_aiofastnet:
+        raise ValueError("wsd serves on uvloop's create_server, not aiofastnet")
+    logger = _resolve_logger(None, "server")
+
+    def make_protocol() -> WSProtocol:
+        peer_route = _PeerAwareRoute(route)
+        protocol = WSProtocol(
+            None, None, False, peer_route, logger, True, websocket_handshake_timeout,
+            False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
+            enable_auto_pong, max_frame_size, None, read_buffer_init_size,
+        )  # fmt: skip
+        peer_route.protocol = protocol
+        return protocol
+
+    return await loop.create_server(make_protocol, sock=sock, backlog=backlog, ssl=ssl)

@@ -36,6 +36,7 @@ from wsd.server.node.broker import BrokerError
 from wsd.server.node.deadlines import ConnectionDeadlines
 from wsd.server.node.node import Node
 from wsd.server.worker.accept import AcceptGate
+from wsd.server.worker.address_limits import AddressLimiter
 from wsd.server.worker.drain import Drain
 from wsd.server.worker.keepalive import Keepalive
 from wsd.server.worker.routes import WebSocketRoutes
@@ -57,6 +58,12 @@ class Worker:
         self.config = Config(**spec["config"])
         self.connection_limit: int = spec["connection_limit"]
         self.api_connection_limit: int = spec["api_connection_limit"]
+        self.address_limiter = None
+        if self.config.max_connections_per_ip is not None:
+            self.address_limiter = AddressLimiter(
+                spec["address_counts_fd"], bytes.fromhex(spec["address_counts_secret"]),
+                self.config.max_connections_per_ip, spec["bus_slot"],
+            )  # fmt: skip
         self.run_id: str = spec["run_id"]
         self.cluster_node_id: str | None = spec.get("cluster_node_id")
         self.cluster_status_dir: str | None = spec.get("cluster_status_dir")
@@ -110,7 +117,7 @@ class Worker:
             self.slot, self.counters, self._new_session, self._refusing_sessions,
             lambda: not self.accept.accepting and not self.accept.closed, lambda: self.stopping,
             self._server_clients, self.config.echo_path, self.config.max_message_size,
-            self.security.gate, self.security.origins,
+            self.security.gate, self.security.origins, self.address_limiter,
         )  # fmt: skip
         server_kwargs = picows_server_kwargs(self.config.max_message_size)
         if self.security.ws_tls is not None:
@@ -210,6 +217,8 @@ class Worker:
 
     def _session_closed(self, session: ClientSession) -> None:
         self.sessions.discard(session)
+        if self.address_limiter is not None:
+            self.address_limiter.release(session)
         self.closing.pop(session, None)
         if not self.stopping:
             self.accept.connections_changed(self._descriptors_in_use())

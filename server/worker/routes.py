@@ -20,6 +20,7 @@ from wsd.server.auth.gate import NEEDS_AUTH_MESSAGE, AuthGate, http_refusal_body
 from wsd.server.auth.origin import OriginPolicy
 from wsd.server.auth.tokens import AuthError
 from wsd.server.counters import WorkerCounters
+from wsd.server.worker.address_limits import AddressLimiter
 from wsd.server.worker.pages import static_response
 from wsd.server.worker.ws_conformance import EchoListener
 
@@ -38,6 +39,7 @@ class WebSocketRoutes:
         max_message_size: int,
         gate: AuthGate | None = None,
         origins: OriginPolicy | None = None,
+        address_limiter: AddressLimiter | None = None,
     ):
         self.slot = slot
         self.counters = counters
@@ -50,10 +52,11 @@ class WebSocketRoutes:
         self.max_message_size = max_message_size
         self.gate = gate or AuthGate(None)
         self.origins = origins or OriginPolicy(None)
+        self.address_limiter = address_limiter
         # The worker's slot in a response header: tests and operators see where a client landed.
         self._slot_header = {"X-Wsd-Worker": str(slot)}
 
-    def __call__(self, request: WSUpgradeRequest) -> Any:
+    def __call__(self, request: WSUpgradeRequest, peer: Any = None) -> Any:
         path = request.path.split(b"?", 1)[0]
         if path == b"/ws":
             if self.refusing_sessions():
@@ -62,20 +65,25 @@ class WebSocketRoutes:
             if self.full():
                 self.counters.handshakes_refused += 1
                 return _error(503, b"server full: retry shortly\n", {"Retry-After": "1"})
-            if self.origins.allowed is not None:
-                refusal = self._origin_refusal(request)
-                if refusal is not None:
-                    self.counters.handshake("origin")
-                    return _error(403, refusal, _JSON_HEADERS)
-            identity = self.gate.authenticate_target(request.path, time.time())
-            if isinstance(identity, AuthError):
-                self.counters.handshake("unauthorized")
-                return _error(401, http_refusal_body(identity), _JSON_HEADERS)
-            if identity is NEEDS_AUTH_MESSAGE:
-                identity = None  # the session waits for its auth message
-            return WSUpgradeResponseWithListener(
-                WSUpgradeResponse.create_101_response(self._slot_header), self.new_session(identity)
-            )
+            # The address is counted first: it is the cheapest check, and a flood of bad tokens
+            # from one address is refused before any signature is verified.
+            counted = None
+            limiter = self.address_limiter
+            if limiter is not None and peer:
+                counted = limiter.admit(peer[0])
+                if counted is None:
+                    self.counters.handshakes_refused += 1
+                    body = b"too many connections from your address (--max-connections-per-ip)\n"
+                    return _error(503, body, {"Retry-After": "5"})
+            refusal_or_identity = self._authorize(request)
+            if isinstance(refusal_or_identity, WSUpgradeResponseWithListener):
+                if counted is not None:
+                    limiter.forget(counted)
+                return refusal_or_identity
+            session = self.new_session(refusal_or_identity)
+            if counted is not None:
+                limiter.hold(session, counted)
+            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(self._slot_header), session)
         if path == b"/healthz":
             if self.draining():
                 headers = {"Retry-After": "1", "X-Wsd-Clients": str(self.server_clients())}
@@ -87,6 +95,21 @@ class WebSocketRoutes:
         if response is not None:
             return WSUpgradeResponseWithListener(response, None)
         return None  # picows answers 404
+
+    def _authorize(self, request: WSUpgradeRequest) -> Any:
+        """The identity the handshake presents (None: it will send an auth message), or the refusal."""
+        if self.origins.allowed is not None:
+            refusal = self._origin_refusal(request)
+            if refusal is not None:
+                self.counters.handshake("origin")
+                return _error(403, refusal, _JSON_HEADERS)
+        identity = self.gate.authenticate_target(request.path, time.time())
+        if isinstance(identity, AuthError):
+            self.counters.handshake("unauthorized")
+            return _error(401, http_refusal_body(identity), _JSON_HEADERS)
+        if identity is NEEDS_AUTH_MESSAGE:
+            return None  # the session waits for its auth message
+        return identity
 
     def _origin_refusal(self, request: WSUpgradeRequest) -> bytes | None:
         """The 403 body for a browser origin that is not allowed, or None (no Origin: not a browser)."""
