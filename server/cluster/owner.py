@@ -1,7 +1,7 @@
 """The host's side of a channel's Redis subscription, kept by the worker holding the channel's role.
 
 With `--cluster`, one process per host holds each channel's Redis subscription: the holder of the
-channel's role on the bus (`channel_hash % workers`), so that a message from Redis enters the
+channel's role on the bus (`h1 % workers`, h1 its keyed hash), so that a message from Redis enters the
 shared-memory bus once, in the holder's ring, and fans out to the workers as a local message does.
 `ChannelOwner` is that holder's bookkeeping for the channels of its role:
 

@@ -2,7 +2,7 @@
 channel's Redis subscription, and how a lost stretch of a channel is announced.
 
 With `--cluster`, a channel's Redis subscription is held by the worker holding its role on the
-host (`channel_hash % workers`), which appends every publication Redis sends into its ring as the
+host (`h1 % workers`, h1 its keyed hash), which appends every publication Redis sends into its ring as the
 channel's MSG. These records travel in the same rings, next to the MSGs (layouts in docs/bus.md):
 
 - INTEREST (tag 16), from any worker to a role: `subscribe` (the worker's first local subscriber
