@@ -37,6 +37,8 @@ WORKER_STATS: tuple[Stat, ...] = (
     Stat("drain_remaining", "clients still connected to a draining worker", total=True),
     Stat("handshakes_refused", "handshakes answered 503 (draining, or full)", counter=True, total=True),
     Stat("bad_entries", "ring entries skipped as unreadable", counter=True, total=True),
+    Stat("channels_forgotten", "channels forgotten to make room in the channel table (least recently used, "
+         "without subscribers; their history with them)", counter=True, total=True),
 )
 
 STAT_NAMES: tuple[str, ...] = tuple(stat.name for stat in WORKER_STATS)

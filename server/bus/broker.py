@@ -170,5 +170,9 @@ class ShmBroker:
     def bad_entries(self) -> int:
         return self.engine.bad_entries
 
+    @property
+    def channels_forgotten(self) -> int:
+        return self.engine.evictions
+
     def lag_bytes(self) -> int:
         return self.engine.lag_bytes()

@@ -277,6 +277,7 @@ class Worker:
                 "drain_remaining": len(self.sessions) if drain is not None else 0,
                 "handshakes_refused": counters.handshakes_refused,
                 "bad_entries": broker.bad_entries,
+                "channels_forgotten": broker.channels_forgotten,
             }
         )
 
