@@ -9,6 +9,7 @@ and get `{"op":"ok","id":N,...}`, `{"op":"err","id":N,"code":C,"msg":TEXT}` and 
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,9 @@ def parse_request(text: bytes, max_data_size: int | None = None) -> Request | Er
     if op not in OPS:
         if op is None:
             return ErrorReply(request_id, BAD_REQUEST, f'missing field "op" (one of {", ".join(OPS)})')
-        return ErrorReply(request_id, UNKNOWN_OP, f"unknown op {str(op)[:40]!r}; known: {', '.join(OPS)}")
+        # reprlib, not str(): str() of a list nested 1,000 deep (which orjson parses) raises RecursionError.
+        shown = repr(op[:40]) if isinstance(op, str) else reprlib.repr(op)
+        return ErrorReply(request_id, UNKNOWN_OP, f"unknown op {shown}; known: {', '.join(OPS)}")
     if op == "ping":
         return Ping(request_id)
     if op == "auth":
