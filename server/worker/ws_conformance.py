@@ -197,7 +197,7 @@ class MessageAssembler:
 
     def _feed_close(self, payload: bytes) -> Decision:
         if not payload:
-            self._closing = True
+            self._close_started()
             return PeerClose(None, "", CLOSE_NORMAL)
         if len(payload) == 1:
             return self._fail(CLOSE_PROTOCOL_ERROR, "CLOSE payload of 1 byte cannot hold a close code")
@@ -208,7 +208,7 @@ class MessageAssembler:
             reason = payload[2:].decode("utf-8")
         except UnicodeDecodeError:
             return self._fail(CLOSE_INVALID_PAYLOAD, "CLOSE reason is not valid UTF-8")
-        self._closing = True
+        self._close_started()
         return PeerClose(code, reason, code)
 
     def _feed_first_frame(self, is_text: bool, fin: bool, payload: bytes) -> Decision:
@@ -250,9 +250,12 @@ class MessageAssembler:
         return self._fail(CLOSE_MESSAGE_TOO_BIG, f"message of {size}+ bytes > limit {self.max_message_size}")
 
     def _fail(self, code: int, reason: str) -> Fail:
+        self._close_started()
+        return Fail(code, reason)
+
+    def _close_started(self) -> None:
         self._partial = None  # drop a half-received message now rather than with the connection
         self._closing = True
-        return Fail(code, reason)
 
 
 class ConformingListener(WSListener):
