@@ -304,7 +304,10 @@ def check_value(name: str, value: Any) -> Any:
             raise ConfigError(f"{name} must be a list of strings, got {type(value).__name__} {value!r}")
         return list(value)
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{name} must be a number of seconds, got an integer too large for one") from None
     if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {_kind_name(spec.kind)}, got {type(value).__name__} {value!r}")
     if spec.choices is not None:
@@ -350,13 +353,24 @@ def load_toml(path: str) -> dict:
     """Read a TOML config file into a settings dict, rejecting unknown keys with a clear error."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    # tomllib lets three other errors through (found by fuzzing, tests/fuzz/fuzz_config.py): bytes that
+    # are not UTF-8, integers of more than 4300 digits (ValueError), and arrays or inline tables nested
+    # ~1,000 deep (RecursionError). Each is a bad file like any other, never a traceback.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid TOML: arrays or tables nested too deeply") from None
     # Accept a [serve] table as well as top-level keys.
     serve = data.pop("serve", {})
     if not isinstance(serve, dict):
