@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn bench-fanout bench-connections bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
+.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-connections bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ lint: install
 autobahn: install
 	$(PY) tests/autobahn/run_fuzzingclient.py --start-server auto
 
+# Fuzzing (atheris): every parser of untrusted input for FUZZ_SECONDS each (tests/fuzz/runner.py); the
+# corpus grows in .fuzz/corpus across runs, crashes land in .fuzz/crashes. `make test` runs each briefly.
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(PY) -m tests.fuzz.runner --seconds $(FUZZ_SECONDS) --json .fuzz/results.json
+
 # Benchmarks run as modules from the repository root (`python -m bench.<name>`); what they share with
 # the tests (wsd as a subprocess, the load generator) is in harness/. Each holds the shared benchmark
 # lock so its figures never overlap another measurement on this box.
@@ -104,4 +110,4 @@ bench-cluster: install system-deps
 	flock /tmp/wsd-bench.lock $(PY) -m bench.cluster --setup --tag 3hosts-10k
 
 clean:
-	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so $(VENV) $(DEMO_AUTH)
+	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so .fuzz $(VENV) $(DEMO_AUTH)
