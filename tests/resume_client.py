@@ -1,8 +1,9 @@
 """A Python client that follows the same reconnect and resume rules as server/static/wsd.js.
 
 Reconnects on 1012/1013/1006/1001 with exponential backoff and full jitter, stops on 1008, and
-resubscribes every channel with `since` so the application sees each message once, in order.
-Used by the acceptance tests (and usable from benchmarks).
+resubscribes every channel with `since` so the application sees each message once, in order (the rules
+themselves are harness.resume's, which the load generator's resuming mode shares). Used by the
+acceptance tests (and usable from benchmarks).
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-RECONNECT_CODES = {1001, 1006, 1012, 1013}
+from harness.resume import NOT_RECOVERED, RECONNECT_CODES, RESUMED, ChannelPosition
 
 
 @dataclass
-class ChannelState:
-    epoch: int | None = None
-    offset: int | None = None  # the last offset delivered to the application
+class ChannelState(ChannelPosition):
     messages: list[tuple[int, object]] = field(default_factory=list)
-    gaps: list[tuple[int | None, int]] = field(default_factory=list)
-    duplicates: int = 0
 
 
 class ResumingClient:
@@ -79,37 +76,18 @@ class ResumingClient:
 
     async def _session(self, ws) -> None:
         for request_id, (name, state) in enumerate(self.channels.items(), 1):
-            request: dict = {"op": "sub", "ch": name, "id": request_id}
-            if state.offset is not None:
-                request["since"] = {"off": state.offset, "epoch": state.epoch}
-            await ws.send(json.dumps(request))
+            await ws.send(json.dumps(state.subscribe_request(name, request_id)))
         async for raw in ws:
             message = json.loads(raw)
             op = message["op"]
             if op == "msg":
-                self._deliver(message)
+                state = self.channels[message["ch"]]
+                if state.delivered(message["off"]):
+                    state.messages.append((message["off"], message["data"]))
             elif op == "ok":
                 name = list(self.channels)[message["id"] - 1]
-                self._subscribed(self.channels[name], message)
+                kind = self.channels[name].subscribed(message)
+                self.resumes += kind == RESUMED
+                self.not_recovered += kind == NOT_RECOVERED
                 if all(s.epoch is not None for s in self.channels.values()):
                     self.ready.set()
-
-    def _subscribed(self, state: ChannelState, reply: dict) -> None:
-        if "recovered" in reply:
-            if reply["recovered"]:
-                self.resumes += 1
-                return  # the missed messages follow
-            self.not_recovered += 1
-            state.gaps.append((state.offset, reply["off"]))
-        state.epoch, state.offset = reply["epoch"], reply["off"]
-
-    def _deliver(self, message: dict) -> None:
-        state = self.channels[message["ch"]]
-        offset = message["off"]
-        if state.offset is not None and offset <= state.offset:
-            state.duplicates += 1
-            return
-        if state.offset is not None and offset != state.offset + 1:
-            state.gaps.append((state.offset, offset))
-        state.offset = offset
-        state.messages.append((offset, message["data"]))
