@@ -14,6 +14,16 @@ the reports and checks every delivery arrived, in order.
     ...publish 100 messages to SHARED_CHANNEL...
     check = merge_phase(load.collect(PHASE_GRACE_SECONDS + 30), 100, first_offset)
     load.close()
+
+With a `ResumePlan` the clients are resuming ones instead (harness.resuming): each subscribes to its
+channels at once, reconnects and resumes with `since` whenever its connection ends, and `finish`
+reports, once every client has caught up with the channels' final offsets, what each saw (gaps,
+duplicates, resumes) and what offsets carried which message (`merge_resume` combines the reports).
+
+    load = LoadGenerator([wsd.url], processes=4, subscribers=10_000, resume=ResumePlan(channels))
+    load.connect_all()
+    ...publish, kill workers...
+    verdict = merge_resume(load.finish(final_offsets, timeout=60))
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from harness.listener import (
     user_channel,
 )
 from harness.net import bound_socket, source_addresses
+from harness.resuming import Ledger, ResumePlan, ResumingSubscriber
 
 # One source address has ~28,000 ephemeral ports towards one destination; staying well under that
 # leaves room for TIME_WAIT sockets of earlier runs.
@@ -72,6 +83,7 @@ class ClientPlan:
     channels: tuple[str, ...] = (SHARED_CHANNEL,)
     netns: str | None = None  # the network namespace the client processes run in (harness.netns_hosts)
     ca_pem: str | None = None  # wss:// URLs: the PEM certificates to trust (a self-signed server's)
+    resume: ResumePlan | None = None  # resuming clients (harness.resuming) instead of phase subscribers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,6 +115,8 @@ class ClientProcess:
             self.new_listener = lambda: SubscriberListener(self.recorder, plan.socketio)
         self.listeners: list[tuple[int, SubscriberListener]] = []  # (index over all processes, listener)
         self.ssl_context = None if plan.ca_pem is None else ssl.create_default_context(cadata=plan.ca_pem)
+        self.ledger = Ledger()
+        self.subscribers: list[ResumingSubscriber] = []  # resuming mode
         self.finished = asyncio.Event()
         self.phase_deadline: asyncio.TimerHandle | None = None
 
@@ -116,15 +130,19 @@ class ClientProcess:
     def on_command(self) -> None:
         command, args = self.commands.recv()
         if command == "connect":
-            asyncio.ensure_future(self.connect(**args))
+            asyncio.ensure_future(self.connect_resuming(**args) if self.plan.resume else self.connect(**args))
         elif command == "subscribe":
-            asyncio.ensure_future(self.subscribe())
+            asyncio.ensure_future(self.subscribed_resuming() if self.plan.resume else self.subscribe())
         elif command == "arm":
             self.arm(**args)
+        elif command == "finish":
+            asyncio.ensure_future(self.finish_resuming(**args))
         elif command == "close":
             for _index, listener in self.listeners:
                 if listener.transport is not None:
                     listener.transport.disconnect()
+            for subscriber in self.subscribers:
+                subscriber.stop()
             self.finished.set()
 
     async def connect(self, count: int, first_index: int) -> None:
@@ -194,6 +212,101 @@ class ClientProcess:
             }
         )
 
+    # Resuming mode ---------------------------------------------------------------------------------
+
+    async def connect_resuming(self, count: int, first_index: int) -> None:
+        """Start every resuming client (each subscribes as soon as it is connected); report once each
+        has connected, or at the grace time."""
+        started = time.monotonic()
+        plan, resume = self.plan, self.plan.resume
+        assert resume is not None
+        ramp = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        for index in range(first_index, first_index + count):
+            subscriber = ResumingSubscriber(
+                index,
+                plan.urls[index % len(plan.urls)],
+                plan.source_addresses[index // CONNECTIONS_PER_SOURCE_ADDRESS],
+                resume.channels_of(index),
+                self.ledger,
+            )
+            subscriber.start(ramp)
+            self.subscribers.append(subscriber)
+        deadline = started + PHASE_GRACE_SECONDS
+        while time.monotonic() < deadline and not all(s.connects for s in self.subscribers):
+            await asyncio.sleep(0.05)
+        failures: Counter[str] = Counter()
+        for subscriber in self.subscribers:
+            failures.update(subscriber.failed_connects)
+        self.replies.send(
+            {
+                "connected": sum(s.connects > 0 for s in self.subscribers),
+                "failed": sum(s.connects == 0 for s in self.subscribers),
+                "failures": dict(failures.most_common(5)),
+                "seconds": time.monotonic() - started,
+                "workers": dict(Counter(s.workers[0] for s in self.subscribers if s.workers)),
+            }
+        )
+
+    async def subscribed_resuming(self) -> None:
+        """Report once every resuming client has had every channel's `sub` answered once."""
+        started = time.monotonic()
+        deadline = started + PHASE_GRACE_SECONDS
+        while time.monotonic() < deadline and not all(s.ever_ready.is_set() for s in self.subscribers):
+            await asyncio.sleep(0.05)
+        errors = Counter(error for s in self.subscribers for error in s.errors)
+        self.replies.send(
+            {
+                "subscribed": sum(s.ever_ready.is_set() for s in self.subscribers),
+                "errors": dict(errors.most_common(5)),
+                "seconds": time.monotonic() - started,
+            }
+        )
+
+    async def finish_resuming(self, final_offsets: dict[str, int], timeout: float) -> None:
+        """Wait (up to `timeout`) until every client's position is the final offset of each of its
+        channels, stop them all, and report what they saw."""
+        started = time.monotonic()
+        while time.monotonic() < started + timeout and not all(s.caught_up(final_offsets) for s in self.subscribers):
+            await asyncio.sleep(0.1)
+        waited = time.monotonic() - started
+        for subscriber in self.subscribers:
+            subscriber.stop()
+        summaries = [s.summary(final_offsets) for s in self.subscribers]
+        problems = [
+            summary
+            for summary in summaries
+            if summary["gap_count"] or summary["duplicates"] or summary["behind"] or summary["not_recovered"]
+            or summary["errors"] or not summary["connects"]
+        ]  # fmt: skip
+        close_codes: Counter[int] = Counter()
+        for summary in summaries:
+            close_codes.update(int(code) for code in summary["close_codes"])
+        self.replies.send(
+            {
+                "clients": len(summaries),
+                "catch_up_seconds": waited,
+                "connects": sum(x["connects"] for x in summaries),
+                "reconnected_clients": sum(x["connects"] > 1 for x in summaries),
+                "surviving_clients": sum(x["connects"] == 1 for x in summaries),
+                "surviving_clients_complete": sum(
+                    x["connects"] == 1 and not x["behind"] and not x["gap_count"] and not x["duplicates"]
+                    for x in summaries
+                ),
+                "never_connected": sum(not x["connects"] for x in summaries),
+                "resumes": sum(x["resumes"] for x in summaries),
+                "not_recovered": sum(x["not_recovered"] for x in summaries),
+                "gaps": sum(x["gap_count"] for x in summaries),
+                "duplicates": sum(x["duplicates"] for x in summaries),
+                "behind_clients": sum(bool(x["behind"]) for x in summaries),
+                "error_clients": sum(bool(x["errors"]) for x in summaries),
+                "failed_connects": sum(x["failed_connects"] for x in summaries),
+                "close_codes": dict(close_codes),
+                "problems": problems[:20],
+                "problem_count": len(problems),
+                "ledger": self.ledger.export(),
+            }
+        )
+
     def arm(self, expected_per_connection: int, record_latency: bool, timeout: float) -> None:
         """Start counting a phase; report when every connection has its messages, or at `timeout`."""
         for _index, listener in self.listeners:
@@ -259,13 +372,14 @@ class LoadGenerator:
         addresses: list[str] | None = None,
         netns: str | None = None,
         ca_pem: str | None = None,
+        resume: ResumePlan | None = None,
     ):
         """`addresses`: source addresses to spread the connections over (default 127.0.0.2, ...);
         `netns`: run the client processes in that network namespace (with addresses of it);
         `ca_pem`: the certificates a wss:// server is trusted by."""
         self.subscribers = subscribers
         # The Cython listener is built here, once, before the processes start and import it.
-        self.fast = fast and build_fast_listener()
+        self.fast = fast and resume is None and build_fast_listener()
         self.per_process = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
         plan = ClientPlan(
             urls=list(urls),
@@ -276,6 +390,7 @@ class LoadGenerator:
             channels=tuple(channels),
             netns=netns,
             ca_pem=ca_pem,
+            resume=resume,
         )
         context = multiprocessing.get_context("spawn")
         self.command_pipes: list[multiprocessing.connection.Connection] = []
@@ -353,6 +468,11 @@ class LoadGenerator:
             "subscribe_seconds": time.monotonic() - started,
         }
 
+    def finish(self, final_offsets: dict[str, int], timeout: float) -> list[dict]:
+        """Resuming mode: every process's report once its clients caught up with `final_offsets`
+        (channel -> the last offset published), or after `timeout`; the clients are stopped."""
+        return self.request("finish", {"final_offsets": final_offsets, "timeout": timeout}, timeout=timeout + 60)
+
     def close(self) -> None:
         for pipe in self.command_pipes:
             try:
@@ -399,3 +519,44 @@ def phase_latencies_us(reports: list[dict]) -> list[int]:
         latencies.extend(samples)
     latencies.sort()
     return latencies
+
+
+_RESUME_SUMS = (
+    "clients", "connects", "reconnected_clients", "surviving_clients", "surviving_clients_complete",
+    "never_connected", "resumes", "not_recovered", "gaps", "duplicates", "behind_clients", "error_clients",
+    "failed_connects", "problem_count",
+)  # fmt: skip
+
+
+def merge_resume(reports: list[dict]) -> dict[str, Any]:
+    """Combine the resuming-mode reports of `finish`: the sums, the problems, and the ledgers merged
+    (channel -> offset -> seq), with every offset seen with two messages (`conflicts`) and every
+    message seen at two offsets (`sequenced_twice`)."""
+    merged: dict[str, Any] = {key: sum(r[key] for r in reports) for key in _RESUME_SUMS}
+    merged["catch_up_seconds"] = max(r["catch_up_seconds"] for r in reports)
+    close_codes: Counter[int] = Counter()
+    for report in reports:
+        close_codes.update({int(code): n for code, n in report["close_codes"].items()})
+    merged["close_codes"] = dict(close_codes)
+    merged["problems"] = [p for r in reports for p in r["problems"]][:20]
+    seqs: dict[str, dict[int, Any]] = {}
+    conflicts = [tuple(c) for r in reports for c in r["ledger"]["conflicts"]]
+    for report in reports:
+        for channel, pairs in report["ledger"]["seqs"].items():
+            seen = seqs.setdefault(channel, {})
+            for offset, seq in pairs:
+                previous = seen.setdefault(offset, seq)
+                if previous != seq:
+                    conflicts.append((channel, offset, previous, seq))
+    sequenced_twice = []
+    for channel, offsets in seqs.items():
+        by_seq: dict[Any, int] = {}
+        for offset, seq in sorted(offsets.items()):
+            if seq in by_seq:
+                sequenced_twice.append((channel, seq, by_seq[seq], offset))
+            else:
+                by_seq[seq] = offset
+    merged["ledger"] = seqs
+    merged["conflicts"] = conflicts
+    merged["sequenced_twice"] = sequenced_twice
+    return merged

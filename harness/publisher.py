@@ -13,12 +13,20 @@ import orjson
 from harness.listener import SHARED_CHANNEL
 
 
+class ApiStatusError(RuntimeError):
+    """The API answered with a status other than 200."""
+
+    def __init__(self, path: str, status: int, body: bytes) -> None:
+        super().__init__(f"POST {path} answered {status}: {body[:300]!r}")
+        self.status = status
+
+
 class Publisher:
     """One keep-alive HTTP connection to a publish API on 127.0.0.1:`api_port`."""
 
     def __init__(self, api_port: int, payload_bytes: int, channel: str = SHARED_CHANNEL, host: str = "127.0.0.1",
-                 api_key: str | None = None):  # fmt: skip
-        self.connection = http.client.HTTPConnection(host, api_port, timeout=60)
+                 api_key: str | None = None, timeout: float = 60):  # fmt: skip
+        self.connection = http.client.HTTPConnection(host, api_port, timeout=timeout)
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
@@ -31,7 +39,7 @@ class Publisher:
         response = self.connection.getresponse()
         payload = response.read()
         if response.status != 200:
-            raise RuntimeError(f"POST {path} answered {response.status}: {payload[:300]!r}")
+            raise ApiStatusError(path, response.status, payload)
         return json.loads(payload)
 
     def publish_burst(self, messages: int) -> list[int]:
