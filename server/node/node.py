@@ -136,6 +136,9 @@ class Node:
         transport = session.raw
         first = self.hub.add(key, transport, session)
         if first:
+            # The broker may deliver while it subscribes (the shared-memory bus catches up on its rings
+            # before it answers): hold this subscriber's live frames, so none reaches it before its ok.
+            self.hub.hold(key, transport)
             position: Pending[StreamPosition] = self._broker_subscribe(key, channel)
         elif key in self._subscribing:
             position = self._subscribing[key]
@@ -144,7 +147,8 @@ class Node:
         if isinstance(position, StreamPosition):
             missed = self._missed(channel, request, position)
             if not isinstance(missed, Awaitable):
-                self._answer(session, request, key, position, missed)
+                kept = self.hub.release(key, transport)
+                self._answer(session, request, key, position, missed, kept)
                 return
         # Something is on its way: hold live messages for this session until it is answered.
         self.hub.hold(key, transport)
