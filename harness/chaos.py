@@ -6,7 +6,8 @@ rate through the API, and a random worker SIGKILLed every few seconds; then the 
     python -m harness.chaos --clients 1000 --seconds 20 --kill-every 4   # the scale of tests/test_chaos.py
 
 Every worker holds a sequencing role (role r sequences a share of the channels), so every kill kills a
-sequencing worker, and the API connections and clients it had. The clients (harness.loadgen's resuming
+sequencing worker, and the API connections and clients it had. One worker, chosen at random, is spared
+(--spare-workers), so that some clients see the whole run on one connection. The clients (harness.loadgen's resuming
 mode, spread over 127.0.0.x) reconnect and resume with `since`; the publisher (one keep-alive
 connection per channel, each message's data `{"seq": k, ...}`, k counting per channel) reconnects too
 and never retries a message whose outcome it did not learn.
@@ -55,6 +56,9 @@ class ChaosPlan:
     channels_per_client: int = 1
     payload_bytes: int = 100
     catch_up_timeout: float = 60.0
+    # Workers never killed (chosen at random at the start), so that some clients live through the
+    # whole run on one connection: with a dozen kills over 4 workers, every worker is hit otherwise.
+    spare_workers: int = 1
     seed: int | None = None
     wsd_flags: tuple[str, ...] = ()
 
@@ -76,6 +80,7 @@ class Kill:
     pid: int
     role: int | None
     connections: int
+    cpu_percent: dict[int, float] = field(default_factory=dict)  # every worker's, by slot, at the kill
 
 
 class ChannelPublisher(threading.Thread):
@@ -263,11 +268,12 @@ def run_chaos(plan: ChaosPlan, workdir: Path, log=print) -> ChaosResult:
         ]
         for publisher in publishers:
             publisher.start()
+        spared = set(rng.sample(range(plan.workers), min(plan.spare_workers, plan.workers - 1)))
         chaos_started = time.monotonic()
         next_kill = chaos_started + plan.kill_every
         while next_kill <= chaos_started + plan.seconds + 0.01:
             time.sleep(max(0.0, next_kill - time.monotonic()))
-            kills.append(kill_one(wsd, rng, time.monotonic() - chaos_started))
+            kills.append(kill_one(wsd, rng, time.monotonic() - chaos_started, spared))
             log(f"chaos: t={kills[-1].at_s:5.1f} s SIGKILL worker {kills[-1].slot} (pid {kills[-1].pid}, "
                 f"role {kills[-1].role}, {kills[-1].connections} connections)")  # fmt: skip
             next_kill += plan.kill_every
@@ -311,17 +317,20 @@ def run_chaos(plan: ChaosPlan, workdir: Path, log=print) -> ChaosResult:
         wsd.kill()
 
 
-def kill_one(wsd: WsdProcess, rng: random.Random, at_s: float) -> Kill:
+def kill_one(wsd: WsdProcess, rng: random.Random, at_s: float, spared: set[int]) -> Kill:
     """SIGKILL one running worker, chosen at random (every worker holds a sequencing role)."""
     for _ in range(100):
         try:
-            workers = [w for w in wsd.status()["workers"] if w["pid"] and w["state"] == "running"]
+            every = wsd.status()["workers"]
         except (RuntimeError, OSError, ValueError):
-            workers = []
+            every = []
+        workers = [w for w in every if w["pid"] and w["state"] == "running" and w["slot"] not in spared]
         if workers:
             victim = rng.choice(workers)
             os.kill(victim["pid"], signal.SIGKILL)
-            return Kill(round(at_s, 2), victim["slot"], victim["pid"], victim["role"], victim.get("connections", 0))
+            cpu = {w["slot"]: w.get("cpu_percent", 0.0) for w in every}
+            connections = victim.get("connections", 0)
+            return Kill(round(at_s, 2), victim["slot"], victim["pid"], victim["role"], connections, cpu)
         time.sleep(0.1)
     raise RuntimeError("no running worker to kill for 10 s")
 
@@ -332,18 +341,21 @@ def describe(result: ChaosResult) -> str:
         f"chaos {'PASSED' if result.passed else 'FAILED'}: {c['clients']} clients, "
         f"{result.plan['workers']} workers, {result.plan['channels']} channels at {result.plan['rate']:g} msg/s, "
         f"{len(result.kills)} SIGKILLs in {result.plan['seconds']:g} s",
-        f"  kills (slot/role): {[(k['slot'], k['role']) for k in result.kills]}",
+        f"  kills (slot/role): {[(k['slot'], k['role']) for k in result.kills]}, "
+        f"clients on the killed workers {sum(k['connections'] for k in result.kills)}",
         f"  messages: {p['published']} published, {p['answered']} answered with an offset, "
         f"{p['unknown_outcome']} without an answer ({p['unknown_outcome_delivered']} of those delivered), "
         f"{p['refused']} refused; final offsets sum {sum(result.final_offsets.values())}",
         f"  clients: {c['surviving_clients']} never disconnected ({c['surviving_clients_complete']} complete), "
-        f"{c['reconnected_clients']} reconnected ({c['connects'] - c['clients']} reconnects, {c['resumes']} resumes "
+        f"{c['disconnected_clients']} disconnected, {c['reconnected_clients']} reconnected "
+        f"({c['connects'] - c['clients']} reconnects, {c['resumes']} resumes "
         f"recovered:true, {c['not_recovered']} recovered:false), close codes {c['close_codes']}",
         f"  duplicates {c['duplicates']}, gaps {c['gaps']}, clients behind {c['behind_clients']}, "
         f"offset conflicts {len(c['conflicts'])}, messages at two offsets {len(c['sequenced_twice'])}, "
         f"API offsets used twice {len(p['offset_used_twice'])}, API offsets not delivered as answered "
         f"{p['api_offset_mismatches']}, undelivered offsets {len(p['undelivered_offsets'])}",
-        f"  time: {result.seconds}",
+        f"  time: {result.seconds}; load generator loops up to {c['loop_lag_max_s']:.1f} s late "
+        f"(the box's load shows here), box load average {os.getloadavg()[0]:.1f}",
     ]
     lines += [f"  FAILURE {failure}" for failure in result.failures]
     if result.failures and c["problems"]:
@@ -362,13 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=defaults.kill_every)
     parser.add_argument("--processes", type=int, default=defaults.processes, help="load-generator processes")
     parser.add_argument("--channels-per-client", type=int, default=defaults.channels_per_client)
+    parser.add_argument("--spare-workers", type=int, default=defaults.spare_workers, help="workers never killed")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     plan = ChaosPlan(
         clients=args.clients, workers=args.workers, channels=args.channels, rate=args.rate, seconds=args.seconds,
         kill_every=args.kill_every, processes=args.processes, channels_per_client=args.channels_per_client,
-        seed=args.seed,
+        spare_workers=args.spare_workers, seed=args.seed,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="wsd-chaos-") as workdir:
         result = run_chaos(plan, Path(workdir))

@@ -53,7 +53,7 @@ from harness.listener import (
     user_channel,
 )
 from harness.net import bound_socket, source_addresses
-from harness.resuming import Ledger, ResumePlan, ResumingSubscriber
+from harness.resuming import STARTED, Ledger, ResumePlan, ResumingSubscriber
 
 # One source address has ~28,000 ephemeral ports towards one destination; staying well under that
 # leaves room for TIME_WAIT sockets of earlier runs.
@@ -116,12 +116,20 @@ class ClientProcess:
         self.listeners: list[tuple[int, SubscriberListener]] = []  # (index over all processes, listener)
         self.ssl_context = None if plan.ca_pem is None else ssl.create_default_context(cadata=plan.ca_pem)
         self.ledger = Ledger()
+        self.loop_exceptions: Counter[str] = Counter()
+        self.loop_lag_max_s = 0.0  # the longest this process's loop was late (it shares the cores)
+        self.loop_lags: list[tuple[float, float]] = []  # (when, how late) of every tick over 1 s late
         self.subscribers: list[ResumingSubscriber] = []  # resuming mode
         self.finished = asyncio.Event()
         self.phase_deadline: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.plan.resume is not None:
+            # Connections cut by a killed server make uvloop report errors of sockets already closed
+            # (connection_made after a handshake timeout): counted, not printed by the thousand.
+            loop.set_exception_handler(self.on_loop_exception)
+            self.watch_loop_lag()
         loop.add_reader(self.commands.fileno(), self.on_command)
         self.replies.send({"ready": os.getpid()})
         await self.finished.wait()
@@ -214,6 +222,25 @@ class ClientProcess:
 
     # Resuming mode ---------------------------------------------------------------------------------
 
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        error = context.get("exception")
+        self.loop_exceptions[f"{type(error).__name__}: {error}"[:100] if error else context["message"][:100]] += 1
+
+    def watch_loop_lag(self, interval: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        expected = loop.time() + interval
+
+        def tick() -> None:
+            nonlocal expected
+            late = loop.time() - expected
+            self.loop_lag_max_s = max(self.loop_lag_max_s, late)
+            if late > 1.0 and len(self.loop_lags) < 50:
+                self.loop_lags.append((round(time.monotonic() - STARTED, 1), round(late, 2)))
+            expected = loop.time() + interval
+            loop.call_later(interval, tick)
+
+        loop.call_later(interval, tick)
+
     async def connect_resuming(self, count: int, first_index: int) -> None:
         """Start every resuming client (each subscribes as soon as it is connected); report once each
         has connected, or at the grace time."""
@@ -287,11 +314,17 @@ class ClientProcess:
                 "catch_up_seconds": waited,
                 "connects": sum(x["connects"] for x in summaries),
                 "reconnected_clients": sum(x["connects"] > 1 for x in summaries),
-                "surviving_clients": sum(x["connects"] == 1 for x in summaries),
+                "disconnected_clients": sum(bool(x["close_codes"]) for x in summaries),
+                # Never disconnected: on one connection from start to end (a worker that was not killed).
+                "surviving_clients": sum(x["connects"] == 1 and not x["close_codes"] for x in summaries),
                 "surviving_clients_complete": sum(
-                    x["connects"] == 1 and not x["behind"] and not x["gap_count"] and not x["duplicates"]
+                    x["connects"] == 1
+                    and not x["close_codes"]
+                    and not x["behind"]
+                    and not x["gap_count"]
+                    and not x["duplicates"]
                     for x in summaries
-                ),
+                ),  # fmt: skip
                 "never_connected": sum(not x["connects"] for x in summaries),
                 "resumes": sum(x["resumes"] for x in summaries),
                 "not_recovered": sum(x["not_recovered"] for x in summaries),
@@ -303,6 +336,9 @@ class ClientProcess:
                 "close_codes": dict(close_codes),
                 "problems": problems[:20],
                 "problem_count": len(problems),
+                "loop_lag_max_s": round(self.loop_lag_max_s, 3),
+                "loop_lags": self.loop_lags,
+                "loop_exceptions": dict(self.loop_exceptions.most_common(5)),
                 "ledger": self.ledger.export(),
             }
         )
@@ -522,9 +558,9 @@ def phase_latencies_us(reports: list[dict]) -> list[int]:
 
 
 _RESUME_SUMS = (
-    "clients", "connects", "reconnected_clients", "surviving_clients", "surviving_clients_complete",
-    "never_connected", "resumes", "not_recovered", "gaps", "duplicates", "behind_clients", "error_clients",
-    "failed_connects", "problem_count",
+    "clients", "connects", "reconnected_clients", "disconnected_clients", "surviving_clients",
+    "surviving_clients_complete", "never_connected", "resumes", "not_recovered", "gaps", "duplicates",
+    "behind_clients", "error_clients", "failed_connects", "problem_count",
 )  # fmt: skip
 
 
@@ -534,6 +570,9 @@ def merge_resume(reports: list[dict]) -> dict[str, Any]:
     message seen at two offsets (`sequenced_twice`)."""
     merged: dict[str, Any] = {key: sum(r[key] for r in reports) for key in _RESUME_SUMS}
     merged["catch_up_seconds"] = max(r["catch_up_seconds"] for r in reports)
+    merged["loop_lag_max_s"] = max(r["loop_lag_max_s"] for r in reports)
+    merged["loop_exceptions"] = sum(sum(r["loop_exceptions"].values()) for r in reports)
+    merged["loop_lags"] = [r["loop_lags"] for r in reports]
     close_codes: Counter[int] = Counter()
     for report in reports:
         close_codes.update({int(code): n for code, n in report["close_codes"].items()})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from harness.net import bound_socket
 from harness.resume import NOT_RECOVERED, RECONNECT_CODES, RESUMED, ChannelPosition
+
+STARTED = time.monotonic()  # event times in a problem report are seconds since the process started
 
 # Recent events each client keeps, for the report of a client that saw something wrong.
 RECENT_EVENTS = 40
@@ -93,6 +96,9 @@ class ResumingSubscriber:
         self.transport: WSTransport | None = None
         self.task: asyncio.Task | None = None
 
+    def event(self, *what: object) -> None:
+        self.recent.append((round(time.monotonic() - STARTED, 2), *what))
+
     @property
     def reconnects(self) -> int:
         return max(0, self.connects - 1)
@@ -104,6 +110,7 @@ class ResumingSubscriber:
         attempt = 0
         while not self.stopping:
             listener = None
+            self.event("connecting")
             try:
                 if self.connects == 0:
                     async with first_connect:  # the first ramp is throttled; reconnects are spread by jitter
@@ -112,18 +119,25 @@ class ResumingSubscriber:
                     transport, listener = await self._connect()
             except Exception as exc:  # refused, reset, 503 in the handshake, timeout: all mean "try again"
                 self.failed_connects[f"{type(exc).__name__}: {exc}"[:100]] += 1
+                self.event("connect failed", f"{type(exc).__name__}: {exc}"[:80])
+            else:
+                if listener is None:  # picows returns without a listener when the handshake was cut short
+                    self.failed_connects["handshake cut short (no WebSocket)"] += 1
+                    self.event("connect failed", "handshake cut short")
+                    if transport is not None and not transport.is_disconnected:
+                        transport.disconnect()
             if listener is not None:
                 self.connects += 1
                 self.transport = transport
                 self.workers.append(transport.response.headers.get("X-Wsd-Worker", "?"))
-                self.recent.append(("connect", self.workers[-1]))
+                self.event("connect", self.workers[-1])
                 self.acked.clear()
                 for request_id, name in enumerate(self.names, 1):
                     request = self.positions[name].subscribe_request(name, request_id)
                     transport.send(WSMsgType.TEXT, orjson.dumps(request))
                 code = await listener.closed
                 self.transport = None
-                self.recent.append(("closed", int(code)))
+                self.event("closed", int(code))
                 self.close_codes.append(code)
                 if code not in RECONNECT_CODES:
                     self.errors.append(f"closed with {code}: not a code to reconnect on")
@@ -162,13 +176,13 @@ class ResumingSubscriber:
             if position is None:
                 self.errors.append(f"delivery on a channel not subscribed: {channel!r}")
                 return
-            self.recent.append(("msg", channel[-3:], message["off"]))
+            self.event("msg", channel[-3:], message["off"])
             if position.delivered(message["off"]):
                 data = message["data"]
                 self.ledger.record(channel, message["off"], data.get("seq") if isinstance(data, dict) else data)
         elif op == "ok" and isinstance(message.get("id"), int) and 1 <= message["id"] <= len(self.names):
             name = self.names[message["id"] - 1]
-            self.recent.append(("ok", name[-3:], message.get("off"), message.get("recovered"), message.get("worker")))
+            self.event("ok", name[-3:], message.get("off"), message.get("recovered"), message.get("worker"))
             kind = self.positions[name].subscribed(message)
             self.resumes += kind == RESUMED
             self.not_recovered += kind == NOT_RECOVERED
