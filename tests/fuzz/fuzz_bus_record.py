@@ -35,8 +35,8 @@ PROT_NONE = 0  # <sys/mman.h>; the mmap module has PROT_READ and PROT_WRITE only
 FILL = 0xA5
 OPERATIONS = ("decode_msg", "decode_pubreq", "peek_msg_chan_hash", "peek_pubreq_target", "peek_ts_ns",
               "fixed_msg", "fixed_pubreq", "encode")  # fmt: skip
-MSG_FIELDS = ("epoch", "origin_slot", "off", "prev_pos", "ts_ns", "token", "chan_hash", "channel", "data")
-PUBREQ_FIELDS = ("target_slot", "origin_slot", "token", "ts_ns", "chan_hash", "channel", "data")
+MSG_FIELDS = ("epoch", "origin_slot", "off", "prev_pos", "ts_ns", "token", "chan_hash", "channel", "data", "sender")
+PUBREQ_FIELDS = ("target_slot", "origin_slot", "token", "ts_ns", "chan_hash", "channel", "data", "sender")
 
 
 class GuardedPage:
@@ -91,30 +91,33 @@ def check_decoded(kind: str, payload: bytes, view: memoryview) -> None:
 
 def fixed_up(payload: bytes, header_size: int, data_len_at: int, channel_len_at: int) -> bytes:
     """`payload` made into a record whose lengths agree (so decoding gets past the length checks):
-    header padded, reserved byte cleared, data length set to what follows the channel."""
+    header padded, channel and sender lengths cut to what follows the header, the data length set to
+    the rest."""
     payload = payload.ljust(header_size + 1, b"\0")
     header = bytearray(payload[:header_size])
-    header[channel_len_at] = header[channel_len_at] or 1
-    header[channel_len_at + 1] = 0
     body = payload[header_size:]
-    if len(body) < header[channel_len_at]:
-        header[channel_len_at] = len(body)
-    header[data_len_at : data_len_at + 4] = (len(body) - header[channel_len_at]).to_bytes(4, "little")
+    channel_len = min(header[channel_len_at] or 1, len(body))
+    sender_len = min(header[channel_len_at + 1], len(body) - channel_len)
+    header[channel_len_at], header[channel_len_at + 1] = channel_len, sender_len
+    header[data_len_at : data_len_at + 4] = (len(body) - channel_len - sender_len).to_bytes(4, "little")
     return bytes(header) + body
 
 
 def check_encode(payload: bytes) -> None:
-    """Encode fields taken from the payload (any u64 values, channel and data of any length) with both."""
+    """Encode fields taken from the payload (any u64 values; channel, sender and data of any length) with
+    both."""
     raw = payload.ljust(44, b"\0")
     epoch, origin, target = struct.unpack_from("<IHH", raw)
     off, prev_pos, ts_ns, token, chan_hash = struct.unpack_from("<QQQQQ", raw, 4)
     rest = payload[44:]
-    split = rest[0] if rest else 0
-    channel, data = rest[1 : 1 + split], rest[1 + split :]
+    channel_len, sender_len = (rest[0], rest[1]) if len(rest) >= 2 else (0, 0)
+    channel = rest[2 : 2 + channel_len]
+    sender = rest[2 + channel_len : 2 + channel_len + sender_len]
+    data = rest[2 + channel_len + sender_len :]
     if raw[0] & 1:  # now and then a field out of range for its width
         epoch, origin, target = epoch << 20, origin << 12, target - 0x10000
-    msg_args = (epoch, origin, off, prev_pos, ts_ns, token, chan_hash, channel, data)
-    pubreq_args = (target, origin, token, ts_ns, chan_hash, channel, data)
+    msg_args = (epoch, origin, off, prev_pos, ts_ns, token, chan_hash, channel, data, sender)
+    pubreq_args = (target, origin, token, ts_ns, chan_hash, channel, data, sender)
     for name, args in (("encode_msg", msg_args), ("encode_pubreq", pubreq_args)):
         fast, reference = outcome(getattr(record, name), *args), outcome(getattr(record_ref, name), *args)
         if fast[0] == "ok" and reference[0] == "ok":

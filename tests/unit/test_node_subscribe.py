@@ -8,7 +8,6 @@ from __future__ import annotations
 import orjson
 
 from wsd.ext.frames import msg_frame
-from wsd.ext.hashing import channel_hash
 from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import StreamPosition
 from wsd.server.node.node import Node
@@ -62,15 +61,15 @@ class CatchingUpBroker:
 
     def subscribe(self, channel: str) -> StreamPosition:
         self.offset = 33
-        self.node.deliver(channel_hash(channel.encode()), channel.encode(), EPOCH, 33, b'"m33"', 0)
+        self.node.deliver(0, channel.encode(), EPOCH, 33, b'"m33"', 0, b"")
         self.node.deliveries_done()
         return StreamPosition(self.offset, EPOCH)
 
     def position(self, channel: str) -> StreamPosition:
         return StreamPosition(self.offset, EPOCH)
 
-    def history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes]]:
-        return [(offset, b'"m%d"' % offset) for offset in range(since.offset + 1, upto + 1)]
+    def history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes, bytes]]:
+        return [(offset, b'"m%d"' % offset, b"") for offset in range(since.offset + 1, upto + 1)]
 
 
 def subscribe(since: tuple[int, int] | None) -> list[bytes]:
