@@ -32,6 +32,9 @@ def check_types(config: wsd_config.Config) -> None:
             assert spec.optional, name
         elif name == "workers":
             assert value == "auto" or (type(value) is int and value >= 1), value
+        elif spec.parse is not None:
+            # A parsed setting (channel patterns, origins) holds what its parser makes of itself.
+            assert spec.parse(value) == value, (name, value)
         else:
             assert type(value) is spec.kind, (name, value)
             if spec.choices is not None:
