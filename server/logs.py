@@ -100,6 +100,19 @@ def current_level() -> str:
     return logging.getLevelName(logging.getLogger().level).lower()
 
 
+def level_number(level: str) -> int:
+    """logging's number of one of LEVELS (`wsd ctl log-level` passes levels between processes so)."""
+    if level not in LEVELS:
+        raise LogSetupError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    return logging.getLevelName(level.upper())
+
+
+def level_name(number: int) -> str | None:
+    """The name in LEVELS of a level number, None for any other number (0: not set)."""
+    name = logging.getLevelName(number)
+    return name.lower() if isinstance(name, str) and name.lower() in LEVELS else None
+
+
 def connection_fields(connection: int, peer: str | None, user: str | None = None) -> dict[str, Any]:
     """The fields of a line about one connection: its id, the peer address and (with auth) the user."""
     fields: dict[str, Any] = {"connection": connection, "peer": peer}

@@ -2,8 +2,9 @@
 (or OpenMetrics) format that `GET /metrics` answers, written by `prometheus_client`.
 
 The values are read, not kept, here: each worker keeps its counters in its stats block
-(`wsd.server.metrics_schema`), the supervisor adds what only it knows (restarts, memory, CPU), and
-whoever serves `/metrics` gathers them into a `ServerSnapshot` and calls `render`. Every family is
+(`wsd.server.stats`), the supervisor adds what only it knows (restarts, memory, CPU), and the
+worker that serves `/metrics` gathers them into a `ServerSnapshot` (wsd.server.server_view) and
+calls `render`. Every family is
 in the output from the start, zero-valued, with every label value the schema declares, so a query
 or an alert never sees a series appear out of nothing. Cluster families appear with `--cluster`.
 """
@@ -13,8 +14,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import (
@@ -25,41 +25,12 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from wsd.server.metrics_schema import SLOT_FAMILIES, WORKER_FAMILIES, Family
+from wsd.server.stats import SLOT_FAMILIES, WORKER_FAMILIES, Family, ServerSnapshot, ShardState
+
+__all__ = ["CONTENT_TYPE_TEXT", "ServerSnapshot", "ShardState", "render"]
 
 # The content type of the classic text format (what `render` returns without an Accept header).
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class ShardState:
-    """One Redis of `--cluster`, as the cluster bus reports it."""
-
-    url: str  # without the password
-    up: bool
-    round_trip_s: float | None = None  # the last publish round trip; None before the first
-    subscriptions: int = 0  # wsd channels this host holds a Redis subscription for
-    catch_ups: int = 0  # times the host caught a channel up from the stream after an outage
-
-
-@dataclass
-class ServerSnapshot:
-    """Everything one scrape shows.
-
-    `workers`: per worker slot, the slot's stats (`SlotTotals.totals`: retired and live processes).
-    `slots`: per worker slot, supervisor-level values by `SLOT_FAMILIES` key (`restarts`,
-    `rss_bytes`, `cpu_seconds`); `heartbeat_age` is derived from the stats' `heartbeat_ns`.
-    `cluster`: the shards with `--cluster`, None without.
-    """
-
-    version: str
-    workers: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
-    slots: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
-    ready: bool = False
-    reloads: int = 0
-    start_time_s: float = 0.0  # Unix time the supervisor started
-    cluster: Sequence[ShardState] | None = None
-    now_ns: int | None = None  # wall clock of the scrape (tests pass one); time.time_ns() when None
 
 
 def render(snapshot: ServerSnapshot, accept: str | None = None) -> tuple[bytes, str]:
@@ -87,7 +58,7 @@ class _SnapshotCollector:
         for family in WORKER_FAMILIES:
             if family.kind != "state":
                 yield _worker_family(family, slots, snapshot.workers)
-        now_ns = time.time_ns() if snapshot.now_ns is None else snapshot.now_ns
+        now_ns = time.monotonic_ns() if snapshot.now_ns is None else snapshot.now_ns
         for family in SLOT_FAMILIES:
             metric = _new_family(family, ["worker"])
             for slot in slots:

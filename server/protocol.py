@@ -4,7 +4,8 @@ Clients send JSON objects on `/ws`:
   {"op":"sub","ch":NAME,"id":N}   {"op":"unsub","ch":NAME,"id":N}   {"op":"pub","ch":NAME,"data":ANY,"id":N}
   {"op":"ping","id":N}   {"op":"auth","token":JWT,"id":N}
 and get `{"op":"ok","id":N,...}`, `{"op":"err","id":N,"code":C,"msg":TEXT}` and deliveries
-`{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in wsd.ext.frames). See docs/protocol.md.
+`{"op":"msg","ch":NAME,"off":OFFSET,"data":ANY}` (built in wsd.ext.frames), and `{"op":"unsub","ch":NAME}`
+when the server ends a subscription. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -166,3 +167,9 @@ def gap_notice(channel: str, offset: int, epoch: int) -> bytes:
     """`{"op":"gap","ch":NAME,"off":O,"epoch":E}`: the channel's messages up to O of epoch E are
     lost (the cluster's Redis lost them); refetch the state, deliveries continue after O."""
     return orjson.dumps({"op": "gap", "ch": channel, "off": offset, "epoch": epoch})
+
+
+def unsub_notice(channel: str) -> bytes:
+    """`{"op":"unsub","ch":NAME}`, no id: the server ended the subscription (the server API's
+    unsubscribe); the client gets no more messages of NAME and does not resubscribe it."""
+    return orjson.dumps({"op": "unsub", "ch": channel})

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.net import free_port
 from wsd.server.metrics import ServerSnapshot, ShardState, render
-from wsd.server.metrics_schema import WORKER_FIELDS
+from wsd.server.stats import WORKER_FIELDS
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
@@ -46,7 +46,7 @@ def growing_snapshot(scrape: int) -> ServerSnapshot:
     workers = {slot: {name: scrape * (i + 1) * (slot + 1) for i, name in enumerate(WORKER_FIELDS)}
                for slot in (0, 1)}  # fmt: skip
     for stats in workers.values():
-        stats["heartbeat_ns"] = time.time_ns()
+        stats["heartbeat_ns"] = time.monotonic_ns()
         stats["channel_table_size"] = 65536
     slots = {slot: {"restarts": scrape, "rss_bytes": 40e6, "cpu_seconds": scrape * 0.1} for slot in (0, 1)}
     shards = [ShardState("redis://127.0.0.1:6379", True, 0.0004 * scrape, 5, scrape)]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from wsd.server.bus.doorbell import Doorbells
 from wsd.server.bus.engine import BusEngine, BusError, MessageTooLarge
 from wsd.server.bus.segment import Segment
-from wsd.server.bus.status import HorizonWatch
+from wsd.server.bus.status import HorizonWatch, ring_horizon_s
 from wsd.server.bus.tick import Periodic
 from wsd.server.node.broker import BrokerError, DeliverCallback, Pending, StreamPosition
 
@@ -108,6 +108,13 @@ class ShmBroker:
         epoch, offset = self.engine.position(channel)
         return StreamPosition(offset, epoch)
 
+    def latest(self, channel: str) -> StreamPosition:
+        # The role's channel table is in shared memory: any process reads it, no round trip.
+        h1, h2 = self.engine.hash(channel.encode())
+        # For a channel the table lacks: offset 0, and the epoch its first message will have.
+        epoch, offset = self.segments[self.engine.role_of(h1)].table.state(h1, h2)[:2]
+        return StreamPosition(offset, epoch)
+
     def history(self, channel: str, since: StreamPosition, upto: int) -> list[tuple[int, bytes, bytes]] | None:
         not_before_ns = time.time_ns() - int(self.history_ttl_s * 1e9)
         return self.engine.history(channel, since.epoch, since.offset, upto, self.history_size, not_before_ns)
@@ -173,6 +180,24 @@ class ShmBroker:
     @property
     def channels_forgotten(self) -> int:
         return self.engine.evictions
+
+    @property
+    def read_bytes(self) -> int:
+        return self.engine.read_bytes
+
+    def table_fill(self) -> tuple[int, int]:
+        """(entries used, slots) of the channel table of the role this process sequences; (0, 0)
+        without a role."""
+        role = self.engine.role
+        if role is None:
+            return 0, 0
+        table = self.segments[role].table
+        return len(table), table.slots
+
+    def history_s(self, now_ns: int) -> float:
+        """Seconds of messages this process's ring holds (0 while it is empty)."""
+        horizon, _lapped = ring_horizon_s(self.own_segment.ring, now_ns)
+        return horizon or 0.0
 
     def lag_bytes(self) -> int:
         return self.engine.lag_bytes()

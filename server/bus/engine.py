@@ -155,6 +155,7 @@ class BusEngine:
         # Ring entries of other tags (cluster mode's records): on_record(ring slot, tag, payload),
         # called in ring order while polling; it must not poll itself.
         self.on_record: Callable[[int, int, bytes], None] | None = None
+        self.read_bytes = 0  # ring bytes the cursors moved over: /readyz tells a wedged reader by it
         # Interest is in-process state: a new process on this bus slot starts with none.
         self.own.interest.clear_all()
         if role is not None:
@@ -490,6 +491,7 @@ class BusEngine:
             if not entries and not lost:
                 break
         if position != self.cursors[slot]:
+            self.read_bytes += position - self.cursors[slot]
             self.cursors[slot] = position
             if role is not None:
                 # Persist, so the next holder of the role resumes the requests addressed to it.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from wsd.ext.chantable import ChannelTable
 from wsd.ext.interest import InterestMap
 from wsd.ext.ring import Ring
-from wsd.server.counters import STAT_NAMES
+from wsd.server.stats import STATS_FORMAT, STATS_SIZE, SUPERVISOR_SIZE, WORKER_FIELDS, StatsBlock, SupervisorArea
 
 MAGIC = 0x3230474553445357  # b"WSDSEG02" little-endian
 MAX_SLOTS = 256
@@ -25,7 +25,6 @@ HEADER_SIZE = 4096
 _MAGIC_AT, _SLOT_AT, _EPOCH_AT, _WORKERS_AT = 0, 8, 16, 24
 _RING_CAPACITY_AT, _TABLE_SLOTS_AT, _INTEREST_BUCKETS_AT = 32, 40, 48
 PENDING_FLAG_AT = 64  # doorbell coalescing flag, alone on its cache line
-_STATS_AT = 128  # u64 counters written by the worker, read by the supervisor
 _ROLE_HOLDER_AT = 448  # role segments: bus slot + 1 of the process sequencing this role (0: none)
 _DRAIN_WINDOW_MS_AT = 456  # supervisor -> worker: the window for the next drain command
 _TAKE_ROLE_AT = 464  # supervisor -> worker: role + 1 to take over on the next take-role command
@@ -35,10 +34,13 @@ HASH_SECRET_SIZE = 32
 
 INTEREST_BUCKETS = 65536
 
-# The stats block: one u64 per declared stat, in declaration order (wsd.server.counters).
-STAT_FIELDS = STAT_NAMES
-_STATS_FORMAT = f"<{len(STAT_FIELDS)}Q"
-assert _STATS_AT + struct.calcsize(_STATS_FORMAT) <= _CURSORS_AT
+# After the header, a page each: the stats block the worker on this bus slot writes (the numbers
+# declared in wsd.server.stats), and the supervisor's area (its values for the worker slot, the
+# server's, and the counts of exited processes). Separate pages: the two writers never share a
+# cache line, and the block has room to grow.
+STATS_AT = HEADER_SIZE
+SUPERVISOR_AT = STATS_AT + 4096
+assert STATS_SIZE <= 4096 and SUPERVISOR_SIZE <= 4096
 assert _CURSORS_AT + 8 * MAX_SLOTS <= _HASH_SECRET_AT
 assert _HASH_SECRET_AT + HASH_SECRET_SIZE <= HEADER_SIZE
 
@@ -51,7 +53,7 @@ class SegmentLayout:
 
     @property
     def interest_at(self) -> int:
-        return HEADER_SIZE
+        return SUPERVISOR_AT + 4096
 
     @property
     def table_at(self) -> int:
@@ -88,6 +90,8 @@ class Segment:
         # its interest bucket, so the epoch a subscriber read for an absent channel stays valid.
         self.table = ChannelTable(mapping, layout.table_at, layout.table_slots, layout.interest_buckets)
         self.ring = Ring(mapping, layout.ring_at, layout.ring_capacity)
+        self.stats = StatsBlock(mapping, STATS_AT)
+        self.supervisor = SupervisorArea(mapping, SUPERVISOR_AT)
 
     @classmethod
     def create(cls, slot: int, workers: int, epoch: int, layout: SegmentLayout, hash_secret: bytes) -> Segment:
@@ -136,12 +140,9 @@ class Segment:
         """The per-server secret of the channel hash (wsd.ext.hashing.ChannelHasher)."""
         return bytes(self.map[_HASH_SECRET_AT : _HASH_SECRET_AT + HASH_SECRET_SIZE])
 
-    # -- stats (written by the slot's worker, read by the supervisor) --
-    def write_stats(self, stats: dict[str, int]) -> None:
-        struct.pack_into(_STATS_FORMAT, self.map, _STATS_AT, *(int(stats.get(k, 0)) for k in STAT_FIELDS))
-
+    # -- stats (written by the bus slot's worker through `stats`, read by everyone) --
     def read_stats(self) -> dict[str, int]:
-        return dict(zip(STAT_FIELDS, struct.unpack_from(_STATS_FORMAT, self.map, _STATS_AT), strict=True))
+        return dict(zip(WORKER_FIELDS, struct.unpack_from(STATS_FORMAT, self.map, STATS_AT), strict=True))
 
     # -- role segments: who sequences the role now --
     def role_holder(self) -> int | None:
@@ -176,6 +177,8 @@ class Segment:
         struct.pack_into("<Q", self.map, _CURSORS_AT + 8 * ring_slot, position)
 
     def close(self) -> None:
+        self.stats.release()
+        self.supervisor.release()
         try:
             self.map.close()
         except BufferError:

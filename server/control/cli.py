@@ -1,4 +1,5 @@
-"""The `wsd` command: `wsd serve` runs the server, `wsd ctl` talks to it, `wsd balancer` runs the front."""
+"""The `wsd` command: `wsd serve` runs the server, `wsd check-config` validates its settings without
+starting anything, `wsd ctl` talks to a running server, `wsd balancer` runs the front."""
 
 from __future__ import annotations
 
@@ -37,13 +38,22 @@ def _default_text(name: str, spec: Setting) -> str:
     return "off" if default is None else str(default)
 
 
-def serve_parser() -> argparse.ArgumentParser:
+class _UsageError(Exception):
+    """A flag `wsd check-config` cannot take (argparse would exit 2; check-config exits 1)."""
+
+
+class _CheckingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's hook for every usage error
+        raise _UsageError(message)
+
+
+def serve_parser(
+    prog: str = "wsd serve",
+    description: str = "Run the WebSocket push server: a supervisor and its worker processes.",
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
     """`wsd serve`'s flags: one per Config setting, its help and default taken from the declaration."""
-    parser = argparse.ArgumentParser(
-        prog="wsd serve",
-        description="Run the WebSocket push server: a supervisor and its worker processes.",
-        argument_default=None,
-    )
+    parser = parser_class(prog=prog, description=description, argument_default=None)
     parser.add_argument("--config", metavar="FILE", help="TOML file with settings (flags win over it)")
     for name, spec in SETTINGS.items():
         flag = "--" + name.replace("_", "-")
@@ -77,7 +87,7 @@ def serve(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wsd serve: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, "supervisor")
+    setup_logging(config.log_level, "supervisor", config.log_format)
     if open_access is not None:
         logging.getLogger("wsd.supervisor").warning(open_access)
     try:
@@ -97,6 +107,43 @@ def serve(argv: list[str]) -> int:
         return 1
 
 
+def check_config(argv: list[str]) -> int:
+    """`wsd check-config [--config FILE] [flags]`: the settings `wsd serve` would run with, checked
+    without binding, forking or creating anything (like `nginx -t`). 0 and `ok`, or 1 and the error."""
+    from wsd.server.bus.segment import MAX_SLOTS
+    from wsd.server.control.config import build_config, load_toml, resolve_worker_count
+
+    parser = serve_parser(
+        "wsd check-config",
+        "Check a config file and flags as `wsd serve` would take them, without starting anything.",
+        _CheckingParser,
+    )
+    try:
+        args = vars(parser.parse_args(argv))
+    except _UsageError as exc:
+        print(f"wsd check-config: {exc}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 1
+    config_file = args.pop("config")
+    try:
+        config = build_config(load_toml(config_file) if config_file else {}, args)
+        workers = resolve_worker_count(config)
+        if 2 * workers > MAX_SLOTS:
+            raise ConfigError(f"workers: {workers} requested; at most {MAX_SLOTS // 2} are supported")
+        # The key, secret and certificate files, and protected mode, as `wsd serve` checks them.
+        from wsd.server.control.security import exposure_checks, load_security
+
+        open_access = exposure_checks(config, load_security(config))
+    except ConfigError as exc:
+        print(f"wsd check-config: {exc}", file=sys.stderr)
+        return 1
+    if open_access is not None:
+        print(f"wsd check-config: warning: {open_access}", file=sys.stderr)
+    print("ok")
+    return 0
+
+
 def installed_version() -> str:
     """The version of the installed `wsd` distribution (one source: pyproject.toml)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -110,9 +157,10 @@ def installed_version() -> str:
 USAGE = """usage: wsd COMMAND [ARGS]   (wsd --version: the installed version)
 
 commands:
-  serve      run the WebSocket push server (wsd serve --help)
-  ctl        talk to a running server over its admin socket (wsd ctl --help)
-  balancer   run the hash front that spreads connections over servers (wsd balancer --help)
+  serve         run the WebSocket push server (wsd serve --help)
+  check-config  check a config file and flags without starting anything (wsd check-config --help)
+  ctl           talk to a running server over its admin socket (wsd ctl --help)
+  balancer      run the hash front that spreads connections over servers (wsd balancer --help)
 """
 
 
@@ -127,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "serve":
         return serve(rest)
+    if command == "check-config":
+        return check_config(rest)
     if command == "ctl":
         from wsd.server.control.ctl import main as ctl_main
 

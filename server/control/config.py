@@ -146,7 +146,13 @@ class Config:
     )
     history_size: int = setting(100, int, "messages kept per channel for resume")
     history_ttl: float = setting(300.0, float, "seconds a message stays available for resume")
-    log_level: str = setting("info", str, "log level", choices=("debug", "info", "warning", "error"))
+    log_level: str = setting(
+        "info", str, "log level (`wsd ctl log-level` changes it while running)",
+        choices=("debug", "info", "warning", "error"),
+    )  # fmt: skip
+    log_format: str = setting(
+        "text", str, "log lines on stderr: text, or json (one object per line)", choices=("text", "json")
+    )
     # TOML: [cluster] redis = [...], timeout = 2.0 (or cluster = [...], cluster_timeout at the top level).
     cluster: list[str] = setting(
         list, list, "Redis shared by every host: redis://[user:password@]host:port[/db], rediss://... (TLS); "
@@ -235,7 +241,7 @@ class Config:
             raise ConfigError(f"channel_table_slots must be a power of two >= 1024, got {slots}")
         if self.echo_path is not None and not self.echo_path.startswith("/"):
             raise ConfigError(f"echo_path must start with '/', got {self.echo_path!r}")
-        if self.echo_path in ("/ws", "/healthz", "/", "/wsd.js"):
+        if self.echo_path in ("/ws", "/healthz", "/readyz", "/", "/wsd.js"):
             raise ConfigError(f"echo_path {self.echo_path!r} collides with a built-in path")
         for name in ("drain_window", "lame_duck", "history_ttl"):
             value = getattr(self, name)

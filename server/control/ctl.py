@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsd.server.control.admin import DEFAULT_ADMIN_SOCKET, MAX_REQUEST_BYTES
-from wsd.server.counters import TOTALS
+from wsd.server.stats import TOTALS
 
 PROG = "wsd ctl"
 # A reply bigger than this is not something wsd sends; stop reading instead of growing forever.
@@ -52,7 +52,7 @@ class Column:
         return self.show(entry.get(self.field))
 
 
-# The numbers come from the stats block (wsd.server.counters) or the supervisor (state, RSS, CPU).
+# The numbers come from the stats block (wsd.server.stats) or the supervisor (state, RSS, CPU).
 STATUS_COLUMNS = (
     Column("SLOT", "slot"),
     Column("PID", "pid"),
@@ -71,7 +71,7 @@ STATUS_COLUMNS = (
     Column("HISTORY", "history_horizon_s"),
     Column("RESTARTS", "restarts"),
 )
-# Fields the totals row shows: what the supervisor sums (declared in wsd.server.counters).
+# Fields the totals row shows: what the supervisor sums (declared in wsd.server.stats).
 SUMMED = {*TOTALS, "rss_bytes", "cpu_percent"}
 
 
@@ -137,6 +137,38 @@ def render_publish(result: object) -> str:
 
 def render_stop(result: object) -> str:
     return "stopping"
+
+
+def render_log_level(result: object) -> str:
+    if isinstance(result, dict) and "level" in result:
+        return f"log level {result['level']} (was {result.get('previous', '-')}) in the supervisor and every worker"
+    return render_generic(result)
+
+
+def render_disconnect(result: object) -> str:
+    if isinstance(result, dict) and "disconnected" in result:
+        return f"{result['disconnected']} connection(s) closed with 4000"
+    return render_generic(result)
+
+
+def render_unsubscribe(result: object) -> str:
+    if isinstance(result, dict) and "unsubscribed" in result:
+        return f"{result['unsubscribed']} subscription(s) ended"
+    return render_generic(result)
+
+
+def render_channels(result: object) -> str:
+    """The channel table of `ctl channels`, or one channel's line of `ctl channels NAME`."""
+    if isinstance(result, dict) and "subscribers" in result and "channel" in result:
+        return (f"{result['channel']}: {result['subscribers']} subscriber(s), offset {_text(result.get('offset'))}, "
+                f"epoch {_text(result.get('epoch'))}")  # fmt: skip
+    if isinstance(result, dict) and isinstance(result.get("channels"), list):
+        channels = [c for c in result["channels"] if isinstance(c, dict)]
+        rows = [[_text(c.get("channel")), _text(c.get("subscribers"))] for c in channels]
+        if not rows:
+            return "no channel has a subscriber"
+        return "\n".join(_table(["CHANNEL", "SUBSCRIBERS"], rows, {"CHANNEL"}))
+    return render_generic(result)
 
 
 def render_generic(result: object) -> str:
@@ -239,6 +271,25 @@ def _publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("message", metavar="JSON", type=_json_value, help="message body, as JSON")
 
 
+def _log_level_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("level", metavar="LEVEL", type=str.lower, choices=("debug", "info", "warning", "error"),
+                        help="debug, info, warning or error")  # fmt: skip
+
+
+def _user_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", metavar="USER", help="the user id (the `sub` of the user's tokens)")
+
+
+def _unsubscribe_arguments(parser: argparse.ArgumentParser) -> None:
+    _user_argument(parser)
+    parser.add_argument("channel", metavar="CHANNEL", help="channel name")
+
+
+def _channels_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("channel", metavar="CHANNEL", nargs="?", default=None,
+                        help="one channel: its subscribers, offset and epoch (default: every channel)")  # fmt: skip
+
+
 def _drain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window", dest="window_s", metavar="SECONDS", type=float, default=30.0,
@@ -262,7 +313,15 @@ COMMANDS: dict[str, Command] = {
     "stop": Command("stop wsd gracefully", render_stop),
     "drain": Command("stop accepting and move clients off this host", add_arguments=_drain_arguments),
     "reload": Command("replace the workers with fresh ones, one slot at a time"),
-}
+    "log-level": Command("change the log level of the running server", render_log_level, _log_level_arguments,
+                         timeout_s=10),
+    "disconnect": Command("close every connection of a user (close code 4000), on every worker",
+                          render_disconnect, _user_argument, timeout_s=15),
+    "unsubscribe": Command("end a user's subscription to a channel, on every worker", render_unsubscribe,
+                           _unsubscribe_arguments, timeout_s=15),
+    "channels": Command("channels with subscribers and how many, on every worker", render_channels,
+                        _channels_arguments, timeout_s=15),
+}  # fmt: skip
 
 # Parser options that belong to `wsd ctl` itself, not to the request sent to wsd.
 _GLOBAL_DESTS = {"admin_socket", "json", "command"}

@@ -31,6 +31,8 @@ class WorkerProcess:
     state: str = "starting"  # starting, running, draining
     psutil_process: Any = None
     retiring_since: float = field(default_factory=time.monotonic)  # set when it is told to hand over
+    cpu_s: float = 0.0  # user + system CPU seconds at the last sample (what it used, once it exits)
+    retired: bool = False  # its counts have moved to its slot's retired counts
 
     @property
     def pid(self) -> int:
@@ -64,6 +66,7 @@ class WorkerSlot:
     failed_runs: int = 0  # consecutive short runs
     spawn_at: float = 0.0
     last_exit: str = ""
+    exited_cpu_s: float = 0.0  # CPU seconds of the slot's processes that exited
 
 
 def start_worker_process(spec: dict[str, Any], pass_fds: tuple[int, ...]) -> subprocess.Popen:

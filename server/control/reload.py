@@ -86,6 +86,7 @@ class RollingReload:
                 "reload: the new worker for slot %d exited (%s); keeping the old one, reload stopped",
                 step.slot.index, describe_exit(new.popen.returncode),
             )  # fmt: skip
+            step.slot.retiring.append(new)  # reaped like any retiring process (its counts kept)
             self._stop()
         elif self.serving(new):
             # The new process accepts on the slot's socket: only now may the old one stop.

@@ -1,6 +1,6 @@
 """The status document of `wsd ctl status`: per worker process, what its stats block says (the
-numbers declared in wsd.server.counters) and what the supervisor knows (state, RSS, CPU, restarts);
-then the server's totals."""
+numbers declared in wsd.server.stats, as its STATUS_FIELDS) and what the supervisor knows (state,
+RSS, CPU, restarts); then the server's totals."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import psutil
 from wsd.server.bus.segment import Segment
 from wsd.server.bus.status import bus_status
 from wsd.server.control.processes import WorkerProcess, WorkerSlot
-from wsd.server.counters import STAT_NAMES, TOTALS
+from wsd.server.stats import TOTALS, status_values
 
-# Stats-block fields that are bookkeeping, not numbers to show.
-_INTERNAL = {"pid", "heartbeat_ns"}
-_FLAGS = {"accepting", "draining"}
+_NOTHING = status_values({})
 
 
 def process_status(
@@ -43,11 +41,7 @@ def process_status(
         "role": process.role if process is not None else None,
         "state": state,
     }
-    for name in STAT_NAMES:
-        if name in _INTERNAL:
-            continue
-        value = stats.get(name, 0) if alive else 0
-        entry[name] = bool(value) if name in _FLAGS else value
+    entry.update(status_values(stats) if alive else _NOTHING)
     entry["max_connections"] = connection_limit
     entry.update(rss_bytes=rss, cpu_percent=cpu, restarts=slot.restarts, last_exit=slot.last_exit or None)
     # What shared memory says of the process's ring and role table (history horizon, table use).

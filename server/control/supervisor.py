@@ -11,11 +11,19 @@ takes a bus slot (its ring), out of twice as many as there are slots, so that du
 reload the new process of a slot can join the bus while the old one still drains its clients.
 Role k (sequencing the channels with hash % workers == k) passes from the old process to the new
 one when the old one exits.
+
+Operations: the supervisor writes what only it knows into the supervisor areas of the segments
+(restarts, memory and CPU per slot, the counts of exited processes, the log level; see
+wsd.server.stats), so the worker that answers `/metrics` reads the whole server from shared memory;
+it tells systemd when the server is ready, reloading and stopping (wsd.server.sd_notify); it
+creates the private directory of the workers' intercom sockets, through which `wsd ctl` reaches
+the server API.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import http.client
 import json
 import logging
@@ -23,11 +31,15 @@ import math
 import os
 import secrets
 import select
+import shutil
 import signal
 import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+import psutil
 
 from wsd.server.bus.provision import Bus, BusSetupError
 from wsd.server.bus.segment import HASH_SECRET_SIZE, MAX_SLOTS, Segment, SegmentLayout
@@ -47,6 +59,9 @@ from wsd.server.control.processes import WorkerProcess, WorkerSlot, describe_exi
 from wsd.server.control.reload import RollingReload
 from wsd.server.control.security import exposure_checks, load_security
 from wsd.server.control.status import totals, workers_status
+from wsd.server.logs import current_level, flush_suppressed, level_number, set_level, setup_logging
+from wsd.server.sd_notify import Notifier
+from wsd.server.worker.intercom import ASK_TIMEOUT_S, IntercomError, ask_blocking
 from wsd.server.worker.address_limits import create_counts_memfd, zero_region
 
 log = logging.getLogger("wsd.supervisor")
@@ -59,10 +74,14 @@ LOOP_TIMEOUT_S = 0.5
 BUSY_LOOP_TIMEOUT_S = 0.05  # while a reload waits for a new process
 STARTUP_TIMEOUT_S = 30.0  # a new worker gets at least this long to write its first heartbeat
 RETIRE_GRACE_S = 10.0  # a retiring process gets its drain window, the stop timeout and this
+USAGE_EVERY_S = 1.0  # how often RSS and CPU of the workers are sampled for /metrics
+DRAIN_STATUS_EVERY_S = 5.0  # STATUS= to systemd while draining
 # Settings a reload cannot change: they are built into sockets and segments.
 FIXED_ON_RELOAD = (
     "host", "port", "api_host", "api_port", "workers", "admin_socket", "ring_size", "channel_table_slots",
 )  # fmt: skip
+# `wsd ctl` commands that are the server API's operations (carried out by the workers).
+SERVER_API_COMMANDS = ("disconnect", "unsubscribe", "channels")
 # Handled by the loop; SIGUSR1 and SIGUSR2 are only logged (they must not kill the supervisor).
 HANDLED_SIGNALS = (
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -97,6 +116,14 @@ class Supervisor:
         # --cluster: one node id per run for all the host's workers, and where they report their state.
         self.cluster_node_id = _new_node_id() if config.cluster else None
         self.cluster_status_dir: str | None = None
+        # Taken from the environment now, so that no worker inherits $NOTIFY_SOCKET.
+        self.notifier = Notifier.from_environment()
+        self.ready_notified = False
+        self.reload_notified = False  # RELOADING=1 sent, READY=1 owed when the reload is over
+        self.intercom_dir: str | None = None
+        self._usage_at = 0.0
+        self._flushed_at = 0.0
+        self._drain_status_at = 0.0
 
     # -- set-up --
 
@@ -116,10 +143,18 @@ class Supervisor:
                 "stop": self.cmd_stop,
                 "drain": self.cmd_drain,
                 "reload": self.cmd_reload,
+                "log-level": self.cmd_log_level,
+                **{op: lambda args, op=op: self.cmd_server_api(op, args) for op in SERVER_API_COMMANDS},
             },
         )
         if config.cluster:
             self.cluster_status_dir = make_status_dir(self.run_id)
+        server = self.segments[0].supervisor
+        server.put("start_time_ms", int(self.started_at * 1000))
+        server.put("log_level", level_number(config.log_level))
+        # 0700: only the server's user may reach the workers' intercom sockets (they disconnect users).
+        _remove_stale_intercom_dirs()
+        self.intercom_dir = tempfile.mkdtemp(prefix=f"wsd-{self.run_id}-")
         self.slots.extend(WorkerSlot(i, ws_sockets[i], api_sockets[i]) for i in range(self.workers))
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.pipe_w)
@@ -168,6 +203,9 @@ class Supervisor:
                 if self.state == "running":
                     self.step(self.reload.advance)
                     self.step(self.manage_workers)
+                self.step(self.notify_progress)
+                self.step(self.sample_usage)
+                self.step(self.flush_log)
         finally:
             self.cleanup()
         log.info("wsd stopped")
@@ -223,6 +261,77 @@ class Supervisor:
         except AdminCommandError as exc:
             log.error("SIGHUP: %s; still serving with the current workers and config", exc)
 
+    # -- what systemd, /metrics and the log see --
+
+    def notify_progress(self) -> None:
+        """READY=1 once every slot's worker serves (and again when a reload is over); while a
+        drain goes on, how many clients are left."""
+        if self.state == "running":
+            if not self.ready_notified:
+                if all(slot.current is not None and self._serving(slot.current) for slot in self.slots):
+                    self.ready_notified = True
+                    log.info("every worker serves (%d)", self.workers)
+                    self.notifier.ready(f"serving: {self.workers} workers")
+            elif self.reload_notified and not self.reload.in_progress:
+                self.reload_notified = False
+                self.notifier.ready(f"serving: {self.workers} workers (reload {self.reload.count} done)")
+        elif self.state == "draining" and time.monotonic() - self._drain_status_at >= DRAIN_STATUS_EVERY_S:
+            self._drain_status_at = time.monotonic()
+            left = sum(self.segments[p.bus_slot].read_stats()["connections"] for p in self.live_processes())
+            self.notifier.status(f"draining: {left} clients left")
+
+    def sample_usage(self) -> None:
+        """RSS and CPU of every slot's processes into the supervisor areas (once a second)."""
+        now = time.monotonic()
+        if now - self._usage_at < USAGE_EVERY_S:
+            return
+        self._usage_at = now
+        per_slot: dict[int, list[WorkerProcess]] = {slot.index: [] for slot in self.slots}
+        for process in self.live_processes():
+            per_slot[process.slot].append(process)
+        for slot in self.slots:
+            rss = 0
+            cpu = slot.exited_cpu_s
+            for process in per_slot[slot.index]:
+                try:
+                    if process.psutil_process is None:
+                        process.psutil_process = psutil.Process(process.pid)
+                    with process.psutil_process.oneshot():
+                        rss += process.psutil_process.memory_info().rss
+                        times = process.psutil_process.cpu_times()
+                    process.cpu_s = times.user + times.system
+                except psutil.Error:
+                    pass
+                cpu += process.cpu_s
+            area = self.segments[slot.index].supervisor
+            area.put("rss_bytes", rss)
+            area.put("cpu_ms", int(cpu * 1000))
+            area.put("restarts", slot.restarts)
+        self.segments[0].supervisor.put("reloads", self.reload.count)
+
+    def flush_log(self) -> None:
+        now = time.monotonic()
+        if now - self._flushed_at >= 1.0:
+            self._flushed_at = now
+            flush_suppressed()
+
+    def _retire(self, process: WorkerProcess) -> None:
+        """An exited process's counts join its slot's retired counts and its block is freed, under
+        the sequence lock readers honour (wsd.server.stats: SUPERVISOR_FIELDS)."""
+        if process.retired:
+            return
+        process.retired = True
+        self.slots[process.slot].exited_cpu_s += process.cpu_s
+        segment = self.segments[process.bus_slot]
+        stats = segment.read_stats()
+        if stats["pid"] != process.pid:
+            return  # it never wrote its block
+        lock = self.segments[0].supervisor
+        lock.put("generation", lock.get("generation") + 1)  # odd: moving
+        self.segments[process.slot].supervisor.retire(stats)
+        segment.stats.reset()
+        lock.put("generation", lock.get("generation") + 1)  # even: done
+
     def handle_sigusr1(self) -> None:
         log.warning("received SIGUSR1: ignored (SIGHUP reloads, SIGTERM drains, SIGINT or SIGQUIT stop)")
 
@@ -254,6 +363,7 @@ class Supervisor:
         self.state = "stopping"
         self.reload.abandon()
         self.stop_deadline = time.monotonic() + self.config.stop_timeout + 2.0
+        self._notify_stopping("stopping: closing clients with 1001")
         for process in self.live_processes():
             process.signal(signal.SIGINT)
 
@@ -271,12 +381,19 @@ class Supervisor:
         self.state = "draining"
         self.reload.abandon()
         self.stop_deadline = time.monotonic() + max(window_s, self.config.lame_duck) + self.config.stop_timeout + 5.0
+        self._notify_stopping(f"draining: clients closed with 1012 over {window_s:g} s")
         for slot in self.slots:
             process = slot.current
             if process is not None:
                 self.segments[process.bus_slot].set_drain_window_s(window_s)
                 process.state = "draining"
                 process.signal(signal.SIGTERM)
+
+    def _notify_stopping(self, status: str) -> None:
+        # The stop may take until the workers are killed at the stop deadline, and a little for the
+        # kill itself: ask for that much (it only ever extends TimeoutStopSec=, never shortens it).
+        extend_us = int(max(0.0, self.stop_deadline - time.monotonic() + 5.0) * 1_000_000)
+        self.notifier.notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={extend_us}", f"STATUS={status}")
 
     def murder_workers(self) -> None:
         """Kill what is past its time: everything at the stop deadline; a worker whose heartbeat is
@@ -321,6 +438,9 @@ class Supervisor:
             raise AdminCommandError(f"cannot reload while {self.state}")
         self._reload_config()
         queued = self.reload.request()
+        if not self.reload_notified:
+            self.reload_notified = True
+            self.notifier.reloading(f"reloading: replacing {self.workers} workers")
         if queued:
             log.info("rolling reload (%s) queued: it starts when the reload in progress is complete", reason)
         else:
@@ -352,6 +472,9 @@ class Supervisor:
             raise AdminCommandError(f"reload refused: {exc}") from None
         self.config = config
         self.api_key = security.api_key
+        # The config's log settings apply again (a `wsd ctl log-level` change lasts until a reload).
+        setup_logging(config.log_level, "supervisor", config.log_format)
+        self.segments[0].supervisor.put("log_level", level_number(config.log_level))
 
     def _spawn_standby(self, slot: WorkerSlot) -> WorkerProcess:
         return self.spawn_worker(slot, standby=True)
@@ -372,6 +495,7 @@ class Supervisor:
             for process in list(slot.retiring):
                 if not process.alive():
                     slot.retiring.remove(process)
+                    self._retire(process)
                     log.info(
                         "worker %d old process %d exited (%s)",
                         slot.index, process.pid, describe_exit(process.popen.returncode),
@@ -383,6 +507,7 @@ class Supervisor:
             code = process.popen.returncode
             slot.current = None
             slot.last_exit = describe_exit(code)
+            self._retire(process)
             self._forget_process(process)
             if self.state in ("stopping", "draining"):
                 slot.state = "stopped"
@@ -483,6 +608,7 @@ class Supervisor:
             "cluster_status_dir": self.cluster_status_dir,
             "address_counts_fd": self.address_counts_fd,
             "address_counts_secret": self.address_counts_secret.hex(),
+            "intercom_dir": self.intercom_dir,
         }
         self.segments[bus_slot].set_role_to_take(None)
         self.segments[bus_slot].set_drain_window_s(None)
@@ -505,6 +631,8 @@ class Supervisor:
         remove_status_dir(self.cluster_status_dir)
         if self.admin is not None:
             self.admin.close()
+        if self.intercom_dir is not None:
+            shutil.rmtree(self.intercom_dir, ignore_errors=True)
         if self.bus is not None:
             self.bus.close()  # memory only: gone once the workers are too
 
@@ -525,6 +653,7 @@ class Supervisor:
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 3),
                 "state": state,
+                "log_level": current_level(),
                 "epoch": self.epoch,
                 "port": self.port,
                 "api_port": self.api_port,
@@ -583,6 +712,42 @@ class Supervisor:
 
     def cmd_reload(self, _args: dict) -> dict:
         return self.start_reload("wsd ctl reload")
+
+    def cmd_log_level(self, args: dict) -> dict:
+        """`wsd ctl log-level LEVEL`: the supervisor's level now, every worker's within a stats tick."""
+        level = args.get("level")
+        try:
+            number = level_number(level.lower() if isinstance(level, str) else level)
+        except ValueError as exc:
+            raise AdminCommandError(str(exc)) from None
+        previous = set_level(level.lower())
+        self.segments[0].supervisor.put("log_level", number)
+        log.info("log level %s (was %s), in every process", current_level(), previous)
+        return {"level": current_level(), "previous": previous}
+
+    def cmd_server_api(self, op: str, args: dict) -> dict:
+        """`wsd ctl disconnect|unsubscribe|channels|channel`: the server API's operation, asked of one
+        serving worker, which carries it out on every worker (wsd.server.worker.server_api)."""
+        request = {key: value for key, value in args.items() if key in ("user", "channel") and value is not None}
+        if op == "channels" and "channel" in request:
+            op = "channel"  # `wsd ctl channels NAME`: one channel
+        request.update(op=op, gather=True)
+        workers = [p for p in self.live_processes() if self._serving(p)]
+        if not workers:
+            raise AdminCommandError("no worker serves right now; try again in a moment")
+        try:
+            return ask_blocking(self.intercom_dir, workers[0].bus_slot, request, ASK_TIMEOUT_S + 2.0)
+        except IntercomError as exc:
+            raise AdminCommandError(str(exc)) from None
+
+
+def _remove_stale_intercom_dirs() -> None:
+    """Remove the intercom directories of supervisors that died without cleaning up."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "wsd-*-*")):
+        run_id = os.path.basename(path).split("-")[1]
+        pid = int(run_id[:-4]) if run_id[:-4].isdigit() else 0
+        if pid and os.path.isdir(path) and not psutil.pid_exists(pid):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _new_node_id() -> str:

@@ -76,6 +76,12 @@ class Broker(Protocol):
         """The last position delivered here of a channel this process has interest in."""
         ...
 
+    def latest(self, channel: str) -> Pending[StreamPosition]:
+        """The channel's newest position on the bus (the last offset given out), whether or not this
+        process has interest in it; offset 0 for a channel nothing was published to (the server
+        API's `GET /api/channels/NAME`)."""
+        ...
+
     def history(
         self, channel: str, since: StreamPosition, upto: int
     ) -> Pending[list[tuple[int, bytes, bytes]] | None]:

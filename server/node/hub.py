@@ -7,23 +7,30 @@ per connection rather than one per message, and nothing waits for a later loop i
 subscriber whose unsent bytes pass the write-buffer limit is a slow reader: it is reported to
 `on_slow` instead of growing our memory.
 
+The hub counts what it does into the worker's counters (wsd.server.stats): deliveries (one per
+message per subscriber, added once per message), bytes written (once per channel per flush) and
+the publish-to-delivery latency (once per message, measured when its batch has been written).
+
 A subscriber can be *held* while its resume is being answered: live frames for it are kept, with
 their offsets, instead of written, so that its replayed history goes out first (`hold`, `release`).
 """
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 from wsd.ext.frames import msg_frame, write_frame_to_all
+from wsd.server.stats import DELIVERIES, LATENCY_BOUNDS_NS, LATENCY_FIRST, LATENCY_SUM, SENT_BYTES, WorkerCounters
 
 # The offset a held subscriber's kept `gap` notice carries (no message has it).
 GAP_NOTICE = -1
 
 
 class Hub:
-    def __init__(self, write_buffer_limit: int, on_slow: Callable[[Any], None]):
+    def __init__(self, write_buffer_limit: int, on_slow: Callable[[Any], None], counts: list[int] | None = None):
         self.write_buffer_limit = write_buffer_limit
         self.on_slow = on_slow
         # A channel_key is the channel's name (bytes, from the node), never a hash: two channels
@@ -35,7 +42,9 @@ class Hub:
         # (channel_key, transport) -> [(offset, frame)] kept for a held subscriber; channel_key -> holds.
         self.held: dict[tuple[bytes, Any], list[tuple[int, bytes]]] = {}
         self.held_channels: dict[bytes, int] = {}
-        self.deliveries = 0
+        self.counts = WorkerCounters().counts if counts is None else counts
+        # (publish time in ns, subscribers) of each message fanned out since the last flush.
+        self._published: list[tuple[int, int]] = []
 
     def add(self, channel_key: bytes, transport: Any, session: Any) -> bool:
         """Returns True when this is the channel's first local subscriber."""
@@ -83,9 +92,12 @@ class Hub:
 
     # -- fan-out --
 
-    def fan_out(self, channel_key: bytes, channel: bytes, offset: int, data: bytes, from_json: bytes = b"") -> int:
+    def fan_out(
+        self, channel_key: bytes, channel: bytes, offset: int, data: bytes, from_json: bytes = b"", ts_ns: int = 0
+    ) -> int:
         """Queue one message for the channel's current subscribers (`from_json`: the publishing
-        user's id as JSON, b"" for none); `flush` writes it."""
+        user's id as JSON, b"" for none); `flush` writes it. `ts_ns` is its publish time
+        (time.time_ns(); 0: unknown), for the latency histogram."""
         members = self.by_channel.get(channel_key)
         if not members:
             return 0
@@ -99,8 +111,15 @@ class Hub:
             self.queued[channel_key] = [frame]
         else:
             queued.append(frame)
-        self.deliveries += len(members)
-        return len(members)
+        count = len(members)
+        self.counts[DELIVERIES] += count
+        if ts_ns:
+            self._published.append((ts_ns, count))
+        return count
+
+    @property
+    def deliveries(self) -> int:
+        return self.counts[DELIVERIES]
 
     def fan_out_notice(self, channel_key: bytes, frame: bytes) -> int:
         """Queue a frame that is not a message (a `gap`) for the channel's subscribers, in order
@@ -125,6 +144,7 @@ class Hub:
         if not self.queued:
             return
         queued, self.queued = self.queued, {}
+        sent = 0
         for channel_key, frames in queued.items():
             members = self.by_channel.get(channel_key)
             if not members:
@@ -133,16 +153,36 @@ class Hub:
             targets = list(members)
             if channel_key in self.held_channels:
                 targets = [t for t in targets if (channel_key, t) not in self.held]
+            sent += len(payload) * len(targets)
             slow = write_frame_to_all(payload, targets, self.write_buffer_limit)
             for transport in slow:
                 session = members.get(transport)
                 if session is not None:
                     self.on_slow(session)
+        counts = self.counts
+        counts[SENT_BYTES] += sent
+        if self._published:
+            self._count_latency(counts)
+
+    def _count_latency(self, counts: list[int]) -> None:
+        """Each message of the batch just written, in the histogram: now less its publish time,
+        once per subscriber it went to."""
+        published, self._published = self._published, []
+        now = time.time_ns()
+        total = 0
+        for ts_ns, subscribers in published:
+            latency = now - ts_ns
+            if latency < 0:  # another process's clock a little ahead
+                latency = 0
+            counts[LATENCY_FIRST + bisect_left(LATENCY_BOUNDS_NS, latency)] += subscribers
+            total += latency * subscribers
+        counts[LATENCY_SUM] += total
 
     def write_to(self, session: Any, payload: bytes) -> None:
         """Write frames for one subscriber (a replay), under the same write-buffer limit as fan-out."""
         transport = session.raw
         transport.write(payload)
+        self.counts[SENT_BYTES] += len(payload)
         if transport.get_write_buffer_size() > self.write_buffer_limit:
             self.on_slow(session)
 

@@ -8,6 +8,10 @@ clients and the HTTP API (`publish`). The node is the `SessionHost` that session
 Brokers may answer `subscribe` and `history` later (a remote bus): while a subscriber waits for
 its position and history, the hub holds the live messages meant for it, so the reply, the replayed
 history and the live messages reach it in offset order, each once.
+
+The node also answers the server API for its worker (`disconnect_user`, `unsubscribe_user`,
+`channel_subscribers`), and counts what happens on its paths into the worker's counters
+(wsd.server.stats): publishes by source, resumes by outcome, slow readers.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from picows import WSCloseCode
 from wsd.ext.frames import msg_frame, text_frame
 from wsd.server.auth.gate import AuthGate
 from wsd.server.auth.ratelimit import RateLimiter
-from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import Broker, BrokerError, Pending, StreamPosition
 from wsd.server.node.deadlines import ConnectionDeadlines
 from wsd.server.node.hub import GAP_NOTICE, Hub
 from wsd.server.node.slow_readers import SlowReaders
+from wsd.server.node.users import UserIndex
 from wsd.server.protocol import (
     PUBLISH_FAILED,
     TOO_MANY_SUBSCRIPTIONS,
@@ -37,10 +41,13 @@ from wsd.server.protocol import (
     err_reply,
     gap_notice,
     ok_reply,
+    unsub_notice,
 )
+from wsd.server.stats import SLOW_DISCONNECTS, WorkerCounters
 
 log = logging.getLogger("wsd.node")
 
+DISCONNECTED_BY_SERVER = 4000  # the server API's disconnect; wsd.js does not reconnect after it
 
 class Node:
     def __init__(
@@ -58,7 +65,8 @@ class Node:
         rate_limiter: RateLimiter | None = None,
     ):
         self.slow_readers = SlowReaders(write_buffer_limit, slow_reader_timeout_s, self._cut_off_slow_reader)
-        self.hub = Hub(write_buffer_limit, self.slow_readers.over_limit)
+        self.hub = Hub(write_buffer_limit, self.slow_readers.over_limit, counters.counts)
+        self.users = UserIndex()
         self.write_buffer_limit = write_buffer_limit
         self.max_worker_subscriptions = max_worker_subscriptions
         self.subscriptions = 0  # of every session of this worker
@@ -82,7 +90,7 @@ class Node:
         self, chan_hash: int, channel: bytes, epoch: int, offset: int, data: bytes, ts_ns: int, sender: bytes = b""
     ) -> None:
         # By name: channels may share a hash.
-        self.hub.fan_out(channel, channel, offset, data, from_json(sender) if sender else b"")
+        self.hub.fan_out(channel, channel, offset, data, from_json(sender) if sender else b"", ts_ns)
 
     def deliver_gap(self, channel: bytes, epoch: int, offset: int) -> None:
         """The broker lost the channel's messages up to (epoch, offset): tell its subscribers, in
@@ -103,6 +111,8 @@ class Node:
         self._on_session_closing(session)
 
     def session_closed(self, session: Any) -> None:
+        if session.user is not None:
+            self.users.remove(session.user, session)
         self.drop_subscriptions(session)
         self.slow_readers.forget(session)
         if self.deadlines is not None:
@@ -113,8 +123,10 @@ class Node:
         self.deadlines.set(session, deadline)
 
     def set_user(self, session: Any, user: str) -> None:
-        """Auth identified `session.user` (once per connection). The per-worker index of users'
-        connections (issue 12's /api/disconnect) belongs here."""
+        """Auth identified `session.user` (once per connection): the server API finds the user's
+        connections by it (disconnect_user, unsubscribe_user)."""
+        if session.raw is not None and not session.raw.is_closing():
+            self.users.add(user, session)
 
     def subscribe(self, session: Any, request: Subscribe) -> None:
         """Subscribe the session (it has not subscribed `request.channel` yet) and answer it: `ok`
@@ -215,6 +227,7 @@ class Node:
         reply: dict[str, Any] = {"off": position.offset, "epoch": position.epoch}
         if request.since is not None:
             reply["recovered"] = missed is not None
+            self.counters.resume(missed is not None)
         reply["worker"] = self.worker_slot
         session.send_text(ok_reply(request.id, **reply))
         frames = []
@@ -246,6 +259,7 @@ class Node:
         if request.since is not None:
             # Everything after the first subscription has been delivered on this connection already.
             reply["recovered"] = True
+            self.counters.resume(True)
         reply["worker"] = self.worker_slot
         session.send_text(ok_reply(request.id, **reply))
 
@@ -270,10 +284,11 @@ class Node:
         raw = session.raw
         if raw is None or raw.is_closing():
             return
-        self.counters.slow_disconnects += 1
-        log.info(
+        self.counters.counts[SLOW_DISCONNECTS] += 1
+        # A warning, so rate-limited (wsd.server.logs): a crowd of slow readers is one line per 10 s.
+        log.warning(
             "worker %d: slow reader cut off (%d bytes unsent; limit %d)",
-            self.worker_slot, raw.get_write_buffer_size(), self.write_buffer_limit,
+            self.worker_slot, raw.get_write_buffer_size(), self.write_buffer_limit, extra=session.log_fields(),
         )  # fmt: skip
         # close() drops its subscriptions and aborts it if it does not take the close frame either.
         session.close(WSCloseCode.TRY_AGAIN_LATER, "too slow: write buffer limit exceeded")
@@ -287,7 +302,7 @@ class Node:
         carries the client's user id, which its deliveries show as `from`."""
         user = session.user
         try:
-            outcome = self.publish(request.channel, request.data_json, user.encode() if user else b"")
+            outcome = self.publish(request.channel, request.data_json, user.encode() if user else b"", "client")
         except BrokerError as exc:
             session.send_text(err_reply(request.id, _publish_error_code(exc), str(exc)))
             return
@@ -298,14 +313,49 @@ class Node:
 
     # -- publishing: one path for clients and the API --
 
-    def publish(self, channel: str, data_json: bytes, sender: bytes = b"") -> Pending[int]:
+    def publish(self, channel: str, data_json: bytes, sender: bytes = b"", source: str = "api") -> Pending[int]:
         """Put a message on the broker now (from client user `sender`; b"": the API): its offset, or
-        a future of it. Raises BrokerError."""
-        self.counters.msgs_in += 1
+        a future of it. Raises BrokerError.
+
+        `source` is where it entered this worker (`client`, `api`; `cluster` for messages another
+        host published, once the cluster bus can tell them apart): wsd_messages_published_total."""
         outcome = self.broker.publish(channel, data_json, sender)
+        self.counters.published(source)
         if isinstance(outcome, int):
             return outcome
         return asyncio.ensure_future(outcome)
+
+    # -- the server API, for this worker's sessions (wsd.server.worker.server_api gathers workers) --
+
+    def disconnect_user(self, user: str) -> int:
+        """Close every local connection of `user` with 4000; how many there were."""
+        closed = 0
+        for session in self.users.sessions_of(user):
+            raw = session.raw
+            if raw is None or raw.is_closing():
+                continue
+            log.info("worker %d: connection closed by the server API", self.worker_slot, extra=session.log_fields())
+            session.close(DISCONNECTED_BY_SERVER, "disconnected by the server")
+            closed += 1
+        return closed
+
+    def unsubscribe_user(self, user: str, channel: str) -> int:
+        """End `user`'s subscriptions to `channel` here (each told with an `unsub` notice); how many."""
+        ended = 0
+        for session in self.users.sessions_of(user):
+            if session.forget_channel(channel):
+                self._unsubscribe_channel(session, channel)
+                session.send_text(unsub_notice(channel))
+                ended += 1
+        return ended
+
+    def channel_subscribers(self, channel: str | None = None) -> dict[str, int]:
+        """Local subscriber connections per channel: of every channel, or of `channel` alone."""
+        by_channel = self.hub.by_channel  # keyed by the channel's name (bytes)
+        if channel is not None:
+            members = by_channel.get(channel.encode())
+            return {channel: len(members)} if members else {}
+        return {name.decode(): len(members) for name, members in by_channel.items() if members}
 
 
 def from_json(sender: bytes) -> bytes:

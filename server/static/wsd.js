@@ -169,6 +169,8 @@ export function connect(url, options = {}) {
  *   (the request's promise is rejected too; the connection stays open).
  * - `error` `{code, msg, id}` — an `err` reply that belongs to no pending request, or `token_failed`
  *   (`getToken()` threw; `msg` says what).
+ * - `unsubscribed` `{channel}` — the server ended the subscription (its API's `unsubscribe`): no
+ *   more messages of `channel`, and it is not resubscribed after a reconnect.
  *
  * `state` is one of `"connecting"`, `"open"`, `"closed"` (waiting to reconnect), `"stopped"`; while
  * `"open"`, `authenticated` says whether the server accepted the token (always true without one).
@@ -712,6 +714,13 @@ export class WsdClient extends EventTarget {
       if (message.code === "forbidden") this._dispatch("forbidden", { ...detail, op: request.kind, channel: request.channel });
       else if (message.code === "unauthorized" && request.kind !== "auth") this._dispatch("unauthorized", detail);
       request.reject(error);
+    } else if (message.op === "unsub") {
+      // The server ended the subscription: forget it, so a reconnect does not resubscribe it.
+      const subscription = this._subscriptions.get(message.ch);
+      if (!subscription) return;
+      this._subscriptions.delete(message.ch);
+      this._resuming?.delete(message.ch);
+      this._dispatch("unsubscribed", { channel: message.ch });
     }
   }
 

@@ -3,8 +3,10 @@ SO_REUSEPORT sockets, wired to the cross-worker bus.
 
 Started by the supervisor as `python -P -m wsd.server.worker` with its sockets inherited and a JSON
 spec in the WSD_WORKER_SPEC environment variable; it shares nothing with other workers but the bus.
-This module is the process's life cycle: bootstrap, signals, stop and drain, the stats heartbeat.
-The work is done by the node (sessions, hub, broker), the routes and the accept gate it composes.
+This module is the process's life cycle: bootstrap, signals, stop and drain, the stats tick (the
+heartbeat and numbers in its stats block, the log level the supervisor asks for, held-back log
+lines). The work is done by the node (sessions, hub, broker), the routes, the accept gate and the
+server API (with its intercom socket to the other workers) it composes.
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ from wsd.server.auth.tokens import Identity
 from wsd.server.bus.broker import ShmBroker
 from wsd.server.bus.provision import attach as attach_bus
 from wsd.server.bus.tick import Periodic
+from wsd.server.control.cli import installed_version
 from wsd.server.control.config import Config, ConfigError
 from wsd.server.control.security import load_security
-from wsd.server.counters import WorkerCounters
-from wsd.server.logs import setup_logging
+from wsd.server.logs import current_level, flush_suppressed, level_name, set_level, setup_logging
 from wsd.server.node.broker import BrokerError
 from wsd.server.node.deadlines import ConnectionDeadlines
 from wsd.server.node.node import Node
+from wsd.server.server_view import ServerObserver
+from wsd.server.stats import FIELD_INDEX, WorkerCounters
 from wsd.server.worker.accept import AcceptGate
 from wsd.server.worker.address_limits import AddressLimiter
 from wsd.server.worker.drain import Drain
+from wsd.server.worker.intercom import IntercomServer
 from wsd.server.worker.keepalive import Keepalive
 from wsd.server.worker.routes import WebSocketRoutes
+from wsd.server.worker.server_api import ServerApi, add_server_api
 from wsd.server.worker.session import ClientSession
 from wsd.server.worker.ws_conformance import CLOSE_TIMEOUT_S, picows_server_kwargs
 
@@ -48,6 +54,13 @@ log = logging.getLogger("wsd.worker")
 STATS_EVERY_S = 0.5
 MAINTENANCE_EVERY_S = 0.5  # slow-reader deadlines and keepalive pings
 PR_SET_PDEATHSIG = 1
+# The stats tick's gauges, by their index in the block.
+_GAUGES = {key: FIELD_INDEX[key] for key in (
+    "pid", "heartbeat_ns", "slot", "role", "accepting", "draining", "drain_remaining", "max_connections",
+    "connections", "subscriptions", "channels", "channel_table_used", "channel_table_size", "bus_lag_bytes",
+    "ring_history_ms", "bus_overruns", "bus_lost_bytes", "bus_read_bytes", "bus_gaps", "bus_bad_entries",
+    "bus_channels_forgotten",
+)}  # fmt: skip
 
 
 class Worker:
@@ -67,6 +80,7 @@ class Worker:
         self.run_id: str = spec["run_id"]
         self.cluster_node_id: str | None = spec.get("cluster_node_id")
         self.cluster_status_dir: str | None = spec.get("cluster_status_dir")
+        self.intercom_directory: str = spec["intercom_dir"]
         self.ws_socket = socket.socket(fileno=spec["ws_fd"])
         self.api_socket = socket.socket(fileno=spec["api_fd"])
         self.bus = attach_bus(spec)  # the inherited segments and doorbells (server/bus/provision.py)
@@ -89,6 +103,8 @@ class Worker:
         self.keepalive = Keepalive(lambda: self.sessions, config.ping_interval, config.ping_timeout)
         self.stopping = False  # refusing new sessions: stopping or draining
         self.drain: Drain | None = None
+        self.observer = ServerObserver(self.segments, self.segments[0].workers, installed_version())
+        self._ticks = 0
 
     # -- lifecycle --
 
@@ -112,27 +128,35 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
         loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
         if self.config.cluster:
+            # Readiness and the metrics see Redis as this process does.
+            self.observer.cluster_state = self.broker.shard_states
             await self.broker.connect()  # at most --cluster-timeout; serves meanwhile either way
         routes = WebSocketRoutes(
             self.slot, self.counters, self._new_session, self._refusing_sessions,
             lambda: not self.accept.accepting and not self.accept.closed, lambda: self.stopping,
             self._server_clients, self.config.echo_path, self.config.max_message_size,
-            self.security.gate, self.security.origins, self.address_limiter,
+            self.security.gate, self.security.origins, self.observer.readyz, self.address_limiter,
         )  # fmt: skip
         server_kwargs = picows_server_kwargs(self.config.max_message_size)
         if self.security.ws_tls is not None:
             server_kwargs["ssl"] = self.security.ws_tls
         self.accept = AcceptGate(loop, self.slot, self.ws_socket, routes, server_kwargs, self.connection_limit)
         await self.accept.start()
+        self.server_api = ServerApi(
+            self.node, self.observer, self.intercom_directory, self.bus_slot, lambda: self.security.gate.enabled
+        )
+        self.intercom = IntercomServer(self.intercom_directory, self.bus_slot, self.server_api.intercom_request)
+        await self.intercom.start()
         self.api_factory = make_api_protocol_factory(
             ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size(),
             idle_timeout=self.config.api_idle_timeout, max_connections=self.api_connection_limit,
             api_key=self.security.api_key,
         )  # fmt: skip
+        add_server_api(self.api_factory.router, self.server_api)
         self.api_server = await start_api_server(loop, self.api_socket, self.api_factory, ssl=self.security.api_tls)
         self.stopped = loop.create_future()
         self.broker.start()
-        Periodic(loop, STATS_EVERY_S, self._write_stats, "stats").start()
+        Periodic(loop, STATS_EVERY_S, self._stats_tick, "stats").start()
         Periodic(loop, MAINTENANCE_EVERY_S, self._maintain_connections, "connection maintenance").start()
         self._write_stats()
         role = self.broker.role
@@ -200,6 +224,7 @@ class Worker:
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.api_server.close()
+        self.intercom.close()
         self._write_stats()
         if not self.stopped.done():
             self.stopped.set_result(None)
@@ -237,7 +262,7 @@ class Worker:
                 total += stats["connections"]
         return total
 
-    # -- the stats block: heartbeat and numbers for the supervisor --
+    # -- the stats tick: the block (heartbeat and numbers), the log level, held-back log lines --
 
     def _maintain_connections(self) -> None:
         self.node.slow_readers.sweep()
@@ -256,30 +281,51 @@ class Worker:
                 if session.raw is not None:
                     session.raw.abort()
 
+    def _stats_tick(self) -> None:
+        self._write_stats()
+        self._follow_log_level()
+        self._ticks += 1
+        if self._ticks % 2 == 0:  # about once a second
+            flush_suppressed()
+        self.observer.observe()
+
     def _write_stats(self) -> None:
-        drain, broker, hub, counters = self.drain, self.broker, self.node.hub, self.counters
-        self.own_segment.write_stats(
-            {
-                "pid": os.getpid(),
-                "heartbeat_ns": time.monotonic_ns(),
-                "connections": len(self.sessions),
-                "max_connections": self.connection_limit,
-                "accepting": int(self.accept.accepting),
-                "channels": hub.channel_count,
-                "msgs_in": counters.msgs_in,
-                "msgs_out": hub.deliveries,
-                "overruns": broker.overruns,
-                "lost_bytes": broker.lost_bytes,
-                "gaps": broker.gaps,
-                "slow_disconnects": counters.slow_disconnects,
-                "bus_lag": broker.lag_bytes(),
-                "draining": int(drain is not None),
-                "drain_remaining": len(self.sessions) if drain is not None else 0,
-                "handshakes_refused": counters.handshakes_refused,
-                "bad_entries": broker.bad_entries,
-                "channels_forgotten": broker.channels_forgotten,
-            }
-        )
+        drain, broker, hub = self.drain, self.broker, self.node.hub
+        table_used, table_size = broker.table_fill()
+        gauges = {
+            "pid": os.getpid(),
+            "heartbeat_ns": time.monotonic_ns(),
+            "slot": self.slot,
+            "role": 0 if broker.role is None else broker.role + 1,
+            "accepting": int(self.accept.accepting),
+            "draining": int(drain is not None),
+            "drain_remaining": len(self.sessions) if drain is not None else 0,
+            "max_connections": self.connection_limit,
+            "connections": len(self.sessions),
+            "subscriptions": self.node.subscriptions,
+            "channels": hub.channel_count,
+            "channel_table_used": table_used,
+            "channel_table_size": table_size,
+            "bus_lag_bytes": broker.lag_bytes(),
+            "ring_history_ms": int(broker.history_s(time.time_ns()) * 1000),
+            "bus_overruns": broker.overruns,
+            "bus_lost_bytes": broker.lost_bytes,
+            "bus_read_bytes": broker.read_bytes,
+            "bus_gaps": broker.gaps,
+            "bus_bad_entries": broker.bad_entries,
+            "bus_channels_forgotten": broker.channels_forgotten,
+        }
+        counts = self.counters.counts
+        for key, index in _GAUGES.items():
+            counts[index] = gauges[key]
+        self.own_segment.stats.write(counts)
+
+    def _follow_log_level(self) -> None:
+        """`wsd ctl log-level`: the supervisor writes the level into segment 0; follow it."""
+        wanted = level_name(self.segments[0].supervisor.get("log_level"))
+        if wanted is not None and wanted != current_level():
+            previous = set_level(wanted)
+            log.info("worker %d: log level %s (was %s)", self.slot, wanted, previous)
 
 
 class ApiPublisher:
@@ -290,7 +336,7 @@ class ApiPublisher:
 
     def publish(self, channel: str, data_json: bytes) -> int | asyncio.Future:
         try:
-            outcome = self.node.publish(channel, data_json)
+            outcome = self.node.publish(channel, data_json, source="api")
         except BrokerError as exc:
             raise PublishError(exc.status, str(exc)) from None
         if isinstance(outcome, int):
@@ -330,7 +376,7 @@ def _stop_when_the_supervisor_dies(supervisor_pid: int) -> None:
 def main() -> int:
     spec = json.loads(os.environ.pop("WSD_WORKER_SPEC"))
     _stop_when_the_supervisor_dies(spec["supervisor_pid"])
-    setup_logging(spec["config"]["log_level"], f"worker {spec['slot']}")
+    setup_logging(spec["config"]["log_level"], f"worker {spec['slot']}", spec["config"]["log_format"])
     try:
         from setproctitle import setproctitle
 

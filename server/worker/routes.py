@@ -1,10 +1,12 @@
 """What the WebSocket port answers, by path: `/ws` (a client session, or 503 while draining or full),
-`/healthz`, the echo endpoint for conformance tests, and the static pages (the demo and wsd.js).
-Anything else: 404 (picows answers it).
+`/healthz` (liveness), `/readyz` (readiness of the whole server, wsd.server.readiness), the echo
+endpoint for conformance tests, and the static pages (the demo and wsd.js). Anything else: 404
+(picows answers it).
 
 A `/ws` handshake is decided here, before the upgrade: a browser `Origin` not on
-`--allowed-origins` gets 403, a `?token=` that is empty or invalid gets 401 (docs/auth.md); both
-are counted by result (`counters.handshake`)."""
+`--allowed-origins` gets 403, a `?token=` that is empty or invalid gets 401 (docs/auth.md). Every
+handshake is counted by its result (wsd_handshakes_total{result}, `counters.handshake`):
+`accepted`, `draining`, `limit` (the worker is full), `origin`, `unauthorized`."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from wsd.server.auth import FORBIDDEN
 from wsd.server.auth.gate import NEEDS_AUTH_MESSAGE, AuthGate, http_refusal_body
 from wsd.server.auth.origin import OriginPolicy
 from wsd.server.auth.tokens import AuthError
-from wsd.server.counters import WorkerCounters
+from wsd.server.stats import WorkerCounters
 from wsd.server.worker.address_limits import AddressLimiter
 from wsd.server.worker.pages import static_response
 from wsd.server.worker.ws_conformance import EchoListener
@@ -39,6 +41,7 @@ class WebSocketRoutes:
         max_message_size: int,
         gate: AuthGate | None = None,
         origins: OriginPolicy | None = None,
+        readiness: Callable[[], tuple[int, bytes]] = lambda: (200, b'{"ready":true}'),
         address_limiter: AddressLimiter | None = None,
     ):
         self.slot = slot
@@ -52,6 +55,7 @@ class WebSocketRoutes:
         self.max_message_size = max_message_size
         self.gate = gate or AuthGate(None)
         self.origins = origins or OriginPolicy(None)
+        self.readiness = readiness  # () -> (HTTP status, JSON body) of /readyz
         self.address_limiter = address_limiter
         # The worker's slot in a response header: tests and operators see where a client landed.
         self._slot_header = {"X-Wsd-Worker": str(slot)}
@@ -60,10 +64,10 @@ class WebSocketRoutes:
         path = request.path.split(b"?", 1)[0]
         if path == b"/ws":
             if self.refusing_sessions():
-                self.counters.handshakes_refused += 1
+                self.counters.handshake("draining")
                 return _error(503, b"draining: reconnect to another server\n", {"Retry-After": "1"})
             if self.full():
-                self.counters.handshakes_refused += 1
+                self.counters.handshake("limit")
                 return _error(503, b"server full: retry shortly\n", {"Retry-After": "1"})
             # The address is counted first: it is the cheapest check, and a flood of bad tokens
             # from one address is refused before any signature is verified.
@@ -72,7 +76,7 @@ class WebSocketRoutes:
             if limiter is not None and peer:
                 counted = limiter.admit(peer[0])
                 if counted is None:
-                    self.counters.handshakes_refused += 1
+                    self.counters.handshake("address_limit")
                     body = b"too many connections from your address (--max-connections-per-ip)\n"
                     return _error(503, body, {"Retry-After": "5"})
             refusal_or_identity = self._authorize(request)
@@ -80,6 +84,7 @@ class WebSocketRoutes:
                 if counted is not None:
                     limiter.forget(counted)
                 return refusal_or_identity
+            self.counters.handshake("accepted")
             session = self.new_session(refusal_or_identity)
             if counted is not None:
                 limiter.hold(session, counted)
@@ -89,6 +94,12 @@ class WebSocketRoutes:
                 headers = {"Retry-After": "1", "X-Wsd-Clients": str(self.server_clients())}
                 return _error(503, b"draining\n", headers)
             return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(b"ok"), None)
+        if path == b"/readyz":
+            status, body = self.readiness()
+            headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+            if status == 200:
+                return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(body, headers), None)
+            return _error(status, body, headers)
         if self.echo_path is not None and path == self.echo_path:
             return EchoListener(self.max_message_size)
         response = static_response(path, self.slot)

@@ -8,10 +8,16 @@ Auth (docs/auth.md): every request costs one token of the connection's rate limi
 through the host's `AuthGate` (an `auth` message, or the check of a `sub`, `pub` or other op) before
 it is served. With auth off the gate lets everything through and `identity` is `ANONYMOUS`. What a
 connection carries for this is two slots: its `identity` (shared, immutable) and its rate state.
+
+Each session also has a small id (unique within its worker process): log lines about the connection
+carry it, its peer address and its user (`log_fields`); the server API finds a user's connections
+by the node's index of them (`SessionHost.set_user`).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 from typing import Any, Protocol
 
@@ -21,7 +27,7 @@ from wsd.server.auth import POLICY_VIOLATION
 from wsd.server.auth.gate import AuthGate
 from wsd.server.auth.ratelimit import FLOOD_CLOSE_REASON, RateLimiter, Verdict
 from wsd.server.auth.tokens import Identity
-from wsd.server.counters import WorkerCounters
+from wsd.server.logs import connection_fields, format_peer
 from wsd.server.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
     Auth,
@@ -34,7 +40,12 @@ from wsd.server.protocol import (
     ok_reply,
     parse_request,
 )
+from wsd.server.stats import FLOOD_CLOSES, RATE_LIMITED, REQUESTS, SENT_BYTES, WorkerCounters
 from wsd.server.worker.ws_conformance import ConformingListener
+
+log = logging.getLogger("wsd.session")
+
+_connection_ids = itertools.count(1)
 
 
 class SessionHost(Protocol):
@@ -70,7 +81,7 @@ class SessionHost(Protocol):
 
 class ClientSession(ConformingListener):
     # Per-connection state is kept tiny: 200k of these live in one box.
-    __slots__ = ("host", "raw", "channels", "identity", "rate")
+    __slots__ = ("host", "raw", "channels", "identity", "rate", "connection_id")
 
     def __init__(self, host: SessionHost, max_message_size: int, identity: Identity | None = None):
         super().__init__(max_message_size)
@@ -80,6 +91,7 @@ class ClientSession(ConformingListener):
         # Who the connection is (from ?token= or its auth message; ANONYMOUS with auth off), None
         # until it has authenticated.
         self.identity = identity
+        self.connection_id = next(_connection_ids)
         limiter = host.rate_limiter
         self.rate = limiter.new_state(time.monotonic()) if limiter.enabled else None
 
@@ -100,21 +112,35 @@ class ClientSession(ConformingListener):
         elif host.auth.enabled:
             host.set_user(self, identity.sub)
             host.set_deadline(self, identity.exp)
+        if log.isEnabledFor(logging.DEBUG):  # the fields cost a dict: only when they are written
+            log.debug("connection opened", extra=self.log_fields())
 
     def on_ws_disconnected(self, transport) -> None:
+        code = close_code(transport)
+        self.host.counters.disconnect(code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection closed", extra={**self.log_fields(), "code": 1005 if code is None else code})
         self.host.session_closed(self)
         super().on_ws_disconnected(transport)
 
     def send_text(self, payload: bytes) -> None:
         if not self.transport.is_disconnected:
             self.transport.send(WSMsgType.TEXT, payload)
+            # The frame's header is 2 bytes up to 125 bytes of payload, 4 up to 65535, else 10.
+            size = len(payload)
+            self.host.counters.counts[SENT_BYTES] += size + (2 if size < 126 else 4 if size < 65536 else 10)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields of a log line about this connection: its id, peer address and user."""
+        peer = self.raw.get_extra_info("peername") if self.raw is not None else None
+        return connection_fields(self.connection_id, format_peer(peer), self.user)
 
     def on_message(self, is_text: bool, payload: bytes) -> None:
         if not is_text:
             self.close(WSCloseCode.UNSUPPORTED_DATA, "binary messages are not supported; send JSON text")
             return
         host = self.host
-        host.counters.msgs_in += 1
+        host.counters.counts[REQUESTS] += 1
         request = parse_request(payload, self.max_message_size)
         if self.rate is not None:
             verdict = host.rate_limiter.check(self.rate, time.monotonic())
@@ -151,11 +177,11 @@ class ClientSession(ConformingListener):
     def _over_rate(self, verdict: Verdict, request: Any) -> None:
         host = self.host
         if verdict is Verdict.CLOSE:
-            host.counters.flood_closes += 1
+            host.counters.counts[FLOOD_CLOSES] += 1
             # The flooder is still sending: linger, so that it reads the 1008 rather than a reset.
             self.close(POLICY_VIOLATION, FLOOD_CLOSE_REASON, linger=True)
             return
-        host.counters.rate_limited += 1
+        host.counters.counts[RATE_LIMITED] += 1
         self.send_text(host.rate_limiter.refusal.encode(request.id))
 
     def _authenticate(self, request: Auth) -> None:
@@ -205,3 +231,16 @@ class ClientSession(ConformingListener):
         """Every channel of the session, which then has none."""
         channels, self.channels = self.channels or set(), None
         return channels
+
+
+def close_code(transport: Any) -> int | None:
+    """The close code a connection ended with: the one of the side that closed first (None: a
+    close frame without a code), 1006 when it ended without a close frame."""
+    handshake = getattr(transport, "close_handshake", None)
+    if handshake is None:
+        return 1006
+    first = handshake.recv if handshake.recv_then_sent else (handshake.sent or handshake.recv)
+    if first is None:
+        return 1006
+    code = int(first.code)
+    return None if code == 1005 else code

@@ -1,4 +1,4 @@
-"""The stats layout (wsd.server.metrics_schema) and the Prometheus exposition (wsd.server.metrics),
+"""The stats layout (wsd.server.stats) and the Prometheus exposition (wsd.server.metrics),
 checked by parsing the output with prometheus_client's own parsers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from wsd.server import metrics_schema as schema
+from wsd.server import stats as schema
 from wsd.server.metrics import ServerSnapshot, ShardState, render
 
 NOW_NS = 1_800_000_000 * 10**9
@@ -251,7 +251,7 @@ def test_pack_and_unpack_round_trip():
 
 def test_a_block_in_shared_memory_is_read_by_another_process(tmp_path):
     path = tmp_path / "segment"
-    offset = 128  # where the segment header keeps its stats today
+    offset = 128  # any 8-byte aligned offset
     with open(path, "w+b") as f:
         f.truncate(4096)
         mapping = mmap.mmap(f.fileno(), 4096)
@@ -261,7 +261,7 @@ def test_a_block_in_shared_memory_is_read_by_another_process(tmp_path):
     block.add(schema.FIELD_INDEX["handshakes.accepted"], 3)  # wraps like a C u64
     reader = (
         "import mmap, sys\n"
-        "from wsd.server import metrics_schema as s\n"
+        "from wsd.server import stats as s\n"
         "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 4096)\n"
         "snap = s.StatsBlock(m, 128).snapshot()\n"
         "print(snap['connections'], snap['handshakes.accepted'])\n"
