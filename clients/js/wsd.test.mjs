@@ -47,7 +47,7 @@ function jwt(payload) {
 }
 
 const EVENT_TYPES = ["connecting", "open", "closed", "subscribed", "resumed", "gap", "error", "authenticated",
-  "unauthorized", "forbidden"];
+  "unauthorized", "forbidden", "unsubscribed"];
 
 async function newClient(options = {}) {
   FakeSocket.instances = [];
@@ -277,6 +277,29 @@ test("unsubscribe tells the server once the last handler is gone", async () => {
   socket().serverSend({ op: "ok", id: socket().lastSent("unsub").id });
   await done;
   assert.deepEqual(client.channels, []);
+  client.close();
+});
+
+test("a subscription the server ends is forgotten: no more messages, no resubscribe", async () => {
+  const { client, socket, events } = await newClient();
+  const received = [];
+  socket().serverOpen();
+  const ready = client.subscribe("c", (data) => received.push(data));
+  client.subscribe("d", () => {});
+  for (const sub of socket().sent.filter((m) => m.op === "sub")) {
+    socket().serverSend({ op: "ok", id: sub.id, off: 0, epoch: 1 });
+  }
+  await ready;
+  socket().serverSend({ op: "msg", ch: "c", off: 1, data: "before" });
+  socket().serverSend({ op: "unsub", ch: "c" });
+  socket().serverSend({ op: "msg", ch: "c", off: 2, data: "after" });
+  assert.deepEqual(received, ["before"]);
+  assert.deepEqual(events.filter((e) => e.type === "unsubscribed"), [{ type: "unsubscribed", channel: "c" }]);
+  assert.deepEqual(client.channels, ["d"]);
+  socket().serverClose(1012);
+  await tick(10);
+  socket().serverOpen();
+  assert.deepEqual(socket().sent.filter((m) => m.op === "sub").map((m) => m.ch), ["d"]);
   client.close();
 });
 
