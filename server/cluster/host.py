@@ -101,7 +101,7 @@ def merge(node_id: str, statuses: list[dict]) -> dict[str, Any]:
 def shard_states(document: dict[str, Any]) -> list:
     """The shards of a cluster document (merge() or one process's) as readiness and the metrics
     take them (wsd.server.metrics.ShardState)."""
-    from wsd.server.metrics import ShardState
+    from wsd.server.stats import ShardState
 
     return [
         ShardState(shard["url"], shard["state"] == "up",
