@@ -53,16 +53,18 @@ def http(url: str, data: bytes | None = None, headers: dict | None = None, timeo
         return exc.code, dict(exc.headers), exc.read()
 
 
-def scrape(server) -> Scrape:
-    status, headers, body = http(f"{server.api_url}/metrics")
+def scrape(server, headers: dict | None = None) -> Scrape:
+    status, headers, body = http(f"{server.api_url}/metrics", headers=headers)
     assert status == 200, body
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return Scrape(body.decode())
 
 
-def api_json(server, method: str, path: str, payload: Any = None, timeout: float = 15) -> tuple[int, Any]:
+def api_json(
+    server, method: str, path: str, payload: Any = None, timeout: float = 15, headers: dict | None = None
+) -> tuple[int, Any]:
     data = None if payload is None else json.dumps(payload).encode()
-    headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers = {**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})}
     request = urllib.request.Request(f"{server.api_url}{path}", data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -86,8 +88,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = 5.0, every: float = 
 class Client:
     """A blocking `/ws` client over RawWebSocket: requests and their replies, messages kept."""
 
-    def __init__(self, server, rcvbuf: int | None = None):
-        self.ws = RawWebSocket("127.0.0.1", server.port, rcvbuf=rcvbuf)
+    def __init__(self, server, rcvbuf: int | None = None, token: str | None = None):
+        path = "/ws" if token is None else f"/ws?token={token}"
+        self.ws = RawWebSocket("127.0.0.1", server.port, path=path, rcvbuf=rcvbuf)
         assert self.ws.status == 101, self.ws.headers
         self.worker = int(re.search(r"X-Wsd-Worker: (\d+)", self.ws.headers, re.IGNORECASE)[1])
         self.next_id = 0
@@ -132,13 +135,15 @@ class Client:
         self.ws.close()
 
 
-def clients_on_every_worker(server, workers: int, per_worker: int = 1, limit: int = 64) -> list[Client]:
+def clients_on_every_worker(
+    server, workers: int, per_worker: int = 1, limit: int = 64, token: str | None = None
+) -> list[Client]:
     """Open connections until every worker has `per_worker` of them (the kernel picks the worker)."""
     clients: list[Client] = []
     spare: list[Client] = []
     counts = dict.fromkeys(range(workers), 0)
     for _ in range(limit):
-        client = Client(server)
+        client = Client(server, token=token)
         if counts[client.worker] < per_worker:
             counts[client.worker] += 1
             clients.append(client)
