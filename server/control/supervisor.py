@@ -61,8 +61,8 @@ from wsd.server.control.security import exposure_checks, load_security
 from wsd.server.control.status import totals, workers_status
 from wsd.server.logs import current_level, flush_suppressed, level_number, set_level, setup_logging
 from wsd.server.sd_notify import Notifier
-from wsd.server.worker.intercom import ASK_TIMEOUT_S, IntercomError, ask_blocking
 from wsd.server.worker.address_limits import create_counts_memfd, zero_region
+from wsd.server.worker.intercom import ASK_TIMEOUT_S, IntercomError, ask_blocking
 
 log = logging.getLogger("wsd.supervisor")
 

@@ -76,7 +76,7 @@ class WebSocketRoutes:
             if limiter is not None and peer:
                 counted = limiter.admit(peer[0])
                 if counted is None:
-                    self.counters.handshake("address_limit")
+                    self.counters.handshake("limit")
                     body = b"too many connections from your address (--max-connections-per-ip)\n"
                     return _error(503, body, {"Retry-After": "5"})
             refusal_or_identity = self._authorize(request)
@@ -116,7 +116,7 @@ class WebSocketRoutes:
                 return _error(403, refusal, _JSON_HEADERS)
         identity = self.gate.authenticate_target(request.path, time.time())
         if isinstance(identity, AuthError):
-            self.counters.handshake("unauthorized")
+            self.counters.handshake("auth")
             return _error(401, http_refusal_body(identity), _JSON_HEADERS)
         if identity is NEEDS_AUTH_MESSAGE:
             return None  # the session waits for its auth message

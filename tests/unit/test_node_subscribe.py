@@ -8,10 +8,10 @@ from __future__ import annotations
 import orjson
 
 from wsd.ext.frames import msg_frame
-from wsd.server.counters import WorkerCounters
 from wsd.server.node.broker import StreamPosition
 from wsd.server.node.node import Node
 from wsd.server.protocol import Subscribe
+from wsd.server.stats import WorkerCounters
 
 CHANNEL = "news"
 EPOCH = 3

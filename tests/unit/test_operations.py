@@ -49,7 +49,7 @@ def test_ctl_status_keeps_every_field_scripts_use_and_adds_new_ones():
     counters.published("client")
     counters.handshake("accepted")
     counters.handshake("draining")
-    counters.handshake("unauthorized")
+    counters.handshake("auth")
     counters.counts[DELIVERIES] += 7
     counters.set("accepting", 1)
     values = status_values(dict(zip(FIELD_INDEX, counters.counts, strict=True)))
@@ -253,6 +253,8 @@ def node_with(sessions_channels: list[tuple[FakeSession, list[str]]]) -> Node:
     node.broker = FakeBroker()
     for session, channels in sessions_channels:
         node.session_opened(session)
+        if session.user is not None:
+            node.set_user(session, session.user)  # as the session does once auth identified it
         session.channels = set(channels)
         for name in channels:
             node.hub.add(name.encode(), session.raw, session)  # the hub keys channels by name
