@@ -129,6 +129,12 @@ class Config:
     echo_path: str | None = setting(
         None, str, "also serve a WebSocket echo endpoint at PATH (for Autobahn)", optional=True, metavar="PATH"
     )
+    compression: str = setting(
+        "on", str, "permessage-deflate for clients that offer it: on or off", choices=("on", "off"), metavar="on|off"
+    )
+    compression_threshold: int = setting(
+        256, int, "messages smaller than this many bytes are sent uncompressed, even where negotiated", metavar="BYTES"
+    )
     ring_size: int = setting(64 * 1024 * 1024, int, "bytes of shared-memory bus ring per worker (power of two)")
     # Subscribing looks the table up, so every worker ends up with pages of every table resident:
     # size it to the load, not larger.
@@ -239,6 +245,8 @@ class Config:
         slots = self.channel_table_slots
         if slots < 1024 or slots & (slots - 1):
             raise ConfigError(f"channel_table_slots must be a power of two >= 1024, got {slots}")
+        if self.compression_threshold < 0:
+            raise ConfigError(f"compression_threshold must be >= 0 bytes, got {self.compression_threshold}")
         if self.echo_path is not None and not self.echo_path.startswith("/"):
             raise ConfigError(f"echo_path must start with '/', got {self.echo_path!r}")
         if self.echo_path in ("/ws", "/healthz", "/readyz", "/", "/wsd.js"):

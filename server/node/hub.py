@@ -13,6 +13,13 @@ the publish-to-delivery latency (once per message, measured when its batch has b
 
 A subscriber can be *held* while its resume is being answered: live frames for it are kept, with
 their offsets, instead of written, so that its replayed history goes out first (`hold`, `release`).
+
+Subscribers that negotiated permessage-deflate (wsd.server.permessage_deflate) are also kept by the
+window size they allow (`compressing`): a message is compressed once per window size in use (in
+practice once: browsers allow the full window) and that frame is written to each of them; the
+others get the plain frame. Messages under `compression_threshold` bytes, gap notices, and what a
+held or resuming subscriber is sent go out plain: RSV1 is per message, so plain frames stay legal.
+A channel without such a subscriber costs one dict look-up more per message.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wsd.ext.frames import msg_frame, write_frame_to_all
+from wsd.server.permessage_deflate import compressed_frame_or_none
 from wsd.server.stats import DELIVERIES, LATENCY_BOUNDS_NS, LATENCY_FIRST, LATENCY_SUM, SENT_BYTES, WorkerCounters
 
 # The offset a held subscriber's kept `gap` notice carries (no message has it).
@@ -30,7 +38,13 @@ GAP_NOTICE = -1
 
 
 class Hub:
-    def __init__(self, write_buffer_limit: int, on_slow: Callable[[Any], None], counts: list[int] | None = None):
+    def __init__(
+        self,
+        write_buffer_limit: int,
+        on_slow: Callable[[Any], None],
+        counts: list[int] | None = None,
+        compression_threshold: int = 0,
+    ):
         self.write_buffer_limit = write_buffer_limit
         self.on_slow = on_slow
         # A channel_key is the channel's name (bytes, from the node), never a hash: two channels
@@ -45,9 +59,18 @@ class Hub:
         self.counts = WorkerCounters().counts if counts is None else counts
         # (publish time in ns, subscribers) of each message fanned out since the last flush.
         self._published: list[tuple[int, int]] = []
+        # channel_key -> window bits -> {transport: None}: the channel's subscribers that take
+        # compressed frames (a subset of by_channel), by the LZ77 window they allow.
+        self.compressing: dict[bytes, dict[int, dict[Any, None]]] = {}
+        # channel_key -> window bits -> frames since the last flush (compressed, or plain ones).
+        self.queued_compressed: dict[bytes, dict[int, list[bytes]]] = {}
+        self.compression_threshold = compression_threshold
 
-    def add(self, channel_key: bytes, transport: Any, session: Any) -> bool:
-        """Returns True when this is the channel's first local subscriber."""
+    def add(self, channel_key: bytes, transport: Any, session: Any, window_bits: int = 0) -> bool:
+        """Returns True when this is the channel's first local subscriber. `window_bits`: the
+        subscriber negotiated permessage-deflate and takes frames compressed with that window."""
+        if window_bits:
+            self.compressing.setdefault(channel_key, {}).setdefault(window_bits, {})[transport] = None
         members = self.by_channel.get(channel_key)
         if members is None:
             self.by_channel[channel_key] = {transport: session}
@@ -58,6 +81,9 @@ class Hub:
     def remove(self, channel_key: bytes, transport: Any) -> bool:
         """Returns True when the channel has no local subscriber left."""
         self.release(channel_key, transport)
+        groups = self.compressing.get(channel_key)
+        if groups is not None:
+            self._stop_compressing(channel_key, groups, transport)
         members = self.by_channel.get(channel_key)
         if members is None or members.pop(transport, None) is None:
             return False
@@ -65,6 +91,15 @@ class Hub:
             del self.by_channel[channel_key]
             return True
         return False
+
+    def _stop_compressing(self, channel_key: bytes, groups: dict[int, dict[Any, None]], transport: Any) -> None:
+        for bits, group in groups.items():
+            if group.pop(transport, 0) is None:
+                if not group:
+                    del groups[bits]
+                    if not groups:
+                        del self.compressing[channel_key]
+                return
 
     def has_subscribers(self, channel_key: bytes) -> bool:
         return channel_key in self.by_channel
@@ -111,11 +146,23 @@ class Hub:
             self.queued[channel_key] = [frame]
         else:
             queued.append(frame)
+        groups = self.compressing.get(channel_key)
+        if groups is not None:
+            self._queue_compressed(channel_key, groups, frame)
         count = len(members)
         self.counts[DELIVERIES] += count
         if ts_ns:
             self._published.append((ts_ns, count))
         return count
+
+    def _queue_compressed(self, channel_key: bytes, groups: dict[int, dict[Any, None]], frame: bytes) -> None:
+        """Compress the message once per window size its compressing subscribers use."""
+        queues = self.queued_compressed.get(channel_key)
+        if queues is None:
+            queues = self.queued_compressed[channel_key] = {}
+        for bits in groups:
+            compressed = compressed_frame_or_none(frame, bits, self.compression_threshold)
+            queues.setdefault(bits, []).append(frame if compressed is None else compressed)
 
     @property
     def deliveries(self) -> int:
@@ -133,6 +180,11 @@ class Hub:
                 if held_key == channel_key:
                     kept.append((GAP_NOTICE, frame))
         self.queued.setdefault(channel_key, []).append(frame)
+        groups = self.compressing.get(channel_key)
+        if groups is not None:
+            queues = self.queued_compressed.setdefault(channel_key, {})
+            for bits in groups:
+                queues.setdefault(bits, []).append(frame)
         return len(members)
 
     def flush(self) -> None:
@@ -144,25 +196,51 @@ class Hub:
         if not self.queued:
             return
         queued, self.queued = self.queued, {}
+        compressed = self.queued_compressed
+        if compressed:
+            self.queued_compressed = {}
         sent = 0
         for channel_key, frames in queued.items():
             members = self.by_channel.get(channel_key)
             if not members:
                 continue  # every subscriber was cut off as a slow reader earlier in this flush
             payload = frames[0] if len(frames) == 1 else b"".join(frames)
-            targets = list(members)
-            if channel_key in self.held_channels:
-                targets = [t for t in targets if (channel_key, t) not in self.held]
-            sent += len(payload) * len(targets)
-            slow = write_frame_to_all(payload, targets, self.write_buffer_limit)
-            for transport in slow:
-                session = members.get(transport)
-                if session is not None:
-                    self.on_slow(session)
+            targets: Any = members
+            groups = self.compressing.get(channel_key) if compressed else None
+            if groups is not None:
+                sent += self._write_compressed(channel_key, members, groups, compressed.get(channel_key, {}), payload)
+                targets = members.keys()
+                for group in groups.values():
+                    targets = targets - group.keys()
+            sent += self._write(channel_key, members, payload, targets)
         counts = self.counts
         counts[SENT_BYTES] += sent
         if self._published:
             self._count_latency(counts)
+
+    def _write(self, channel_key: bytes, members: dict[Any, Any], payload: bytes, targets: Any) -> int:
+        """Write `payload` to `targets` (members of the channel) but held ones; the bytes sent."""
+        targets = list(targets)
+        if channel_key in self.held_channels:
+            targets = [t for t in targets if (channel_key, t) not in self.held]
+        slow = write_frame_to_all(payload, targets, self.write_buffer_limit)
+        for transport in slow:
+            session = members.get(transport)
+            if session is not None:
+                self.on_slow(session)
+        return len(payload) * len(targets)
+
+    def _write_compressed(
+        self, channel_key: bytes, members: dict[Any, Any], groups: dict[int, dict[Any, None]],
+        queues: dict[int, list[bytes]], plain: bytes,
+    ) -> int:  # fmt: skip
+        """Write each window size's frames to its group (the plain ones if it has none); the bytes sent."""
+        sent = 0
+        for bits, group in list(groups.items()):
+            frames = queues.get(bits)
+            payload = plain if not frames else frames[0] if len(frames) == 1 else b"".join(frames)
+            sent += self._write(channel_key, members, payload, group)
+        return sent
 
     def _count_latency(self, counts: list[int]) -> None:
         """Each message of the batch just written, in the histogram: now less its publish time,

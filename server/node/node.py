@@ -63,9 +63,10 @@ class Node:
         on_session_closing: Callable[[Any], None] = lambda session: None,
         auth: AuthGate | None = None,
         rate_limiter: RateLimiter | None = None,
+        compression_threshold: int = 0,
     ):
         self.slow_readers = SlowReaders(write_buffer_limit, slow_reader_timeout_s, self._cut_off_slow_reader)
-        self.hub = Hub(write_buffer_limit, self.slow_readers.over_limit, counters.counts)
+        self.hub = Hub(write_buffer_limit, self.slow_readers.over_limit, counters.counts, compression_threshold)
         self.users = UserIndex()
         self.write_buffer_limit = write_buffer_limit
         self.max_worker_subscriptions = max_worker_subscriptions
@@ -146,7 +147,8 @@ class Node:
         name = channel.encode()
         key = name  # the hub keys channels by name: a hash never decides identity
         transport = session.raw
-        first = self.hub.add(key, transport, session)
+        deflate = session.deflate  # permessage-deflate: the hub writes it compressed frames
+        first = self.hub.add(key, transport, session, deflate.server_window_bits if deflate is not None else 0)
         if first:
             # The broker may deliver while it subscribes (the shared-memory bus catches up on its rings
             # before it answers): hold this subscriber's live frames, so none reaches it before its ok.

@@ -97,6 +97,7 @@ class Worker:
             config.slow_reader_timeout, self._session_opened, self._session_closed,
             max_worker_subscriptions=config.max_worker_subscriptions, on_session_closing=self._session_closing,
             auth=self.security.gate, rate_limiter=self.security.rate_limiter,
+            compression_threshold=config.compression_threshold,
         )  # fmt: skip
         # Sessions in their closing handshake -> when to abort them if the peer never takes the close.
         self.closing: dict[ClientSession, float] = {}
@@ -136,6 +137,7 @@ class Worker:
             lambda: not self.accept.accepting and not self.accept.closed, lambda: self.stopping,
             self._server_clients, self.config.echo_path, self.config.max_message_size,
             self.security.gate, self.security.origins, self.observer.readyz, self.address_limiter,
+            self.config.compression == "on", self.config.compression_threshold,
         )  # fmt: skip
         server_kwargs = picows_server_kwargs(self.config.max_message_size)
         if self.security.ws_tls is not None:

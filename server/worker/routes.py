@@ -6,7 +6,11 @@ endpoint for conformance tests, and the static pages (the demo and wsd.js). Anyt
 A `/ws` handshake is decided here, before the upgrade: a browser `Origin` not on
 `--allowed-origins` gets 403, a `?token=` that is empty or invalid gets 401 (docs/auth.md). Every
 handshake is counted by its result (wsd_handshakes_total{result}, `counters.handshake`):
-`accepted`, `draining`, `limit` (the worker is full), `origin`, `unauthorized`."""
+`accepted`, `draining`, `limit` (the worker is full), `origin`, `unauthorized`.
+
+permessage-deflate (RFC 7692) is negotiated here too, for `/ws` and the echo endpoint, unless
+`--compression off` (wsd.server.permessage_deflate): the agreement goes to the listener before the
+101 response that answers it."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from wsd.server.auth import FORBIDDEN
 from wsd.server.auth.gate import NEEDS_AUTH_MESSAGE, AuthGate, http_refusal_body
 from wsd.server.auth.origin import OriginPolicy
 from wsd.server.auth.tokens import AuthError
+from wsd.server.permessage_deflate import HEADER as EXTENSIONS_HEADER
+from wsd.server.permessage_deflate import Deflate, negotiate
 from wsd.server.stats import WorkerCounters
 from wsd.server.worker.address_limits import AddressLimiter
 from wsd.server.worker.pages import static_response
@@ -43,6 +49,8 @@ class WebSocketRoutes:
         origins: OriginPolicy | None = None,
         readiness: Callable[[], tuple[int, bytes]] = lambda: (200, b'{"ready":true}'),
         address_limiter: AddressLimiter | None = None,
+        compression: bool = True,
+        compression_threshold: int = 0,
     ):
         self.slot = slot
         self.counters = counters
@@ -57,8 +65,12 @@ class WebSocketRoutes:
         self.origins = origins or OriginPolicy(None)
         self.readiness = readiness  # () -> (HTTP status, JSON body) of /readyz
         self.address_limiter = address_limiter
+        self.compression = compression
+        self.compression_threshold = compression_threshold  # of the echo endpoint (the hub has its own)
         # The worker's slot in a response header: tests and operators see where a client landed.
         self._slot_header = {"X-Wsd-Worker": str(slot)}
+        # The 101 response's headers for each agreement (there are a handful: negotiate is cached).
+        self._deflate_headers: dict[Deflate, dict[str, str]] = {}
 
     def __call__(self, request: WSUpgradeRequest, peer: Any = None) -> Any:
         path = request.path.split(b"?", 1)[0]
@@ -88,7 +100,7 @@ class WebSocketRoutes:
             session = self.new_session(refusal_or_identity)
             if counted is not None:
                 limiter.hold(session, counted)
-            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(self._slot_header), session)
+            return self._upgrade(request, session, True)
         if path == b"/healthz":
             if self.draining():
                 headers = {"Retry-After": "1", "X-Wsd-Clients": str(self.server_clients())}
@@ -101,11 +113,28 @@ class WebSocketRoutes:
                 return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(body, headers), None)
             return _error(status, body, headers)
         if self.echo_path is not None and path == self.echo_path:
-            return EchoListener(self.max_message_size)
+            # The echo endpoint lets the client keep its compression context (the full RFC 7692, for
+            # Autobahn); /ws asks it not to, so that no connection holds an inflate window.
+            echo = EchoListener(self.max_message_size, self.compression_threshold)
+            return self._upgrade(request, echo, False)
         response = static_response(path, self.slot)
         if response is not None:
             return WSUpgradeResponseWithListener(response, None)
         return None  # picows answers 404
+
+    def _upgrade(self, request: WSUpgradeRequest, listener: Any, client_resets: bool) -> WSUpgradeResponseWithListener:
+        """The 101 response for `listener`, with permessage-deflate if offered and on."""
+        headers = self._slot_header
+        if self.compression:
+            offers = request.headers.getall(EXTENSIONS_HEADER, ())
+            agreement = negotiate(tuple(offers), client_resets) if offers else None
+            if agreement is not None:
+                listener.use_deflate(agreement)
+                headers = self._deflate_headers.get(agreement)
+                if headers is None:
+                    headers = {**self._slot_header, EXTENSIONS_HEADER: agreement.response}
+                    self._deflate_headers[agreement] = headers
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(headers), listener)
 
     def _authorize(self, request: WSUpgradeRequest) -> Any:
         """The identity the handshake presents (None: it will send an auth message), or the refusal."""

@@ -9,11 +9,14 @@ and is the base class of every wsd endpoint; `EchoListener` echoes messages for 
 from __future__ import annotations
 
 import codecs
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from wsd.server.permessage_deflate import TAIL, Deflate, compress
 
 # Opcodes (RFC 6455 section 5.2). Plain ints: picows' WSMsgType is an IntEnum and compares equal.
 OPCODE_CONTINUATION = 0x0
@@ -100,13 +103,17 @@ Decision = Message | Ping | PeerClose | Fail | None
 
 
 class _PartialMessage:
-    """A fragmented message in progress. Exists only between its first and last frame."""
+    """A fragmented message in progress. Exists only between its first and last frame.
 
-    __slots__ = ("is_text", "buffer", "utf8")
+    For a compressed message (RSV1 on its first frame), `inflater` inflates each fragment as it
+    arrives and `buffer` holds what it inflated so far."""
 
-    def __init__(self, is_text: bool, first_fragment: bytes) -> None:
+    __slots__ = ("is_text", "buffer", "utf8", "inflater")
+
+    def __init__(self, is_text: bool, first_fragment: bytes, inflater: Any = None) -> None:
         self.is_text = is_text
         self.buffer = bytearray(first_fragment)
+        self.inflater = inflater
         # Incremental decoder so invalid UTF-8 fails on the fragment that breaks it, not at the end.
         self.utf8: codecs.IncrementalDecoder | None = _UTF8_DECODER() if is_text else None
 
@@ -137,23 +144,32 @@ def _is_valid_utf8(data: bytes) -> bool:
 class MessageAssembler:
     """Sans-I/O RFC 6455 message layer for one connection: feed it frames, act on its decisions.
 
-    Enforces, with no extension negotiated: RSV bits clear and opcodes defined (else 1002);
+    Enforces: RSV bits clear and opcodes defined (else 1002), except RSV1 on the first frame of a
+    data message once permessage-deflate is negotiated (`deflate`; RSV1 anywhere else: 1002);
     control frames at most 125 bytes, unfragmented (1002); continuation frames only inside a
     fragmented message and data frames only outside one (1002); messages at most
     `max_message_size` bytes (1009); text messages valid UTF-8, checked per fragment (1007);
     CLOSE payloads well formed (1002, or 1007 for a non-UTF-8 reason). After the first Fail or
     PeerClose it ignores further frames, since the connection is closing.
 
+    A compressed message is inflated fragment by fragment, and the limit applies to the inflated
+    size: zlib is asked for at most one byte more than the room left, so a zip bomb is a 1009
+    having allocated no more than the limit. Data that does not inflate is 1007. The inflater
+    lives only while a message does, unless the client keeps its context between messages
+    (`Deflate.client_no_context_takeover` false: the echo endpoint).
+
     State stays tiny for 200k connections per process: the partial message is None until a
     fragmented message actually starts.
     """
 
-    __slots__ = ("max_message_size", "_partial", "_closing")
+    __slots__ = ("max_message_size", "_partial", "_closing", "deflate", "_inflater")
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, deflate: Deflate | None = None) -> None:
         self.max_message_size = max_message_size
         self._partial: _PartialMessage | None = None
         self._closing = False
+        self.deflate = deflate  # permessage-deflate as negotiated, None: not
+        self._inflater: Any = None  # the client's context, kept between messages when it keeps it
 
     @property
     def in_fragmented_message(self) -> bool:
@@ -172,14 +188,30 @@ class MessageAssembler:
         if self._closing:
             return None
         if rsv1 or rsv2 or rsv3:
-            return self._fail(CLOSE_PROTOCOL_ERROR, "reserved bit set but no extension was negotiated")
+            refusal = self._reserved_bits(opcode, rsv1, rsv2, rsv3)
+            if refusal is not None:
+                return refusal
         if opcode >= OPCODE_CLOSE:
             return self._feed_control(opcode, fin, payload)
         if opcode == OPCODE_CONTINUATION:
             return self._feed_continuation(fin, payload)
         if opcode == OPCODE_TEXT or opcode == OPCODE_BINARY:
+            if rsv1:
+                return self._feed_compressed_first_frame(opcode == OPCODE_TEXT, fin, payload)
             return self._feed_first_frame(opcode == OPCODE_TEXT, fin, payload)
         return self._fail(CLOSE_PROTOCOL_ERROR, f"reserved data opcode {opcode:#x}")
+
+    def _reserved_bits(self, opcode: int, rsv1: bool, rsv2: bool, rsv3: bool) -> Fail | None:
+        """The failure for a frame's RSV bits, or None: RSV1 starts a compressed message."""
+        if rsv2 or rsv3:
+            return self._fail(CLOSE_PROTOCOL_ERROR, "RSV2/RSV3 set but no extension defines them")
+        if self.deflate is None:
+            return self._fail(CLOSE_PROTOCOL_ERROR, "RSV1 set but permessage-deflate was not negotiated")
+        if opcode >= OPCODE_CLOSE:
+            return self._fail(CLOSE_PROTOCOL_ERROR, "RSV1 set on a control frame")
+        if opcode == OPCODE_CONTINUATION:
+            return self._fail(CLOSE_PROTOCOL_ERROR, "RSV1 set on a continuation frame (only the first frame has it)")
+        return None
 
     def _feed_control(self, opcode: int, fin: bool, payload: bytes) -> Decision:
         # Control frames may arrive between the fragments of a message; they never touch _partial.
@@ -226,10 +258,51 @@ class MessageAssembler:
         self._partial = partial
         return None
 
+    def _feed_compressed_first_frame(self, is_text: bool, fin: bool, payload: bytes) -> Decision:
+        if self._partial is not None:
+            return self._fail(CLOSE_PROTOCOL_ERROR, "new data frame before the fragmented message ended")
+        inflater = self._inflater
+        if inflater is None:
+            inflater = zlib.decompressobj(-self.deflate.client_window_bits)  # type: ignore[union-attr]
+        inflated = self._inflate(inflater, payload + TAIL if fin else payload, 0)
+        if type(inflated) is Fail:
+            return inflated
+        if fin:
+            self._message_inflated(inflater)
+            if is_text and not _is_valid_utf8(inflated):  # type: ignore[arg-type]
+                return self._fail(CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8")
+            return Message(is_text, inflated)  # type: ignore[arg-type]
+        partial = _PartialMessage(is_text, inflated, inflater)  # type: ignore[arg-type]
+        if partial.utf8 is not None and not _utf8_prefix_is_valid(partial.utf8, inflated):  # type: ignore[arg-type]
+            return self._fail(CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8")
+        self._partial = partial
+        return None
+
+    def _inflate(self, inflater: Any, data: bytes, size: int) -> bytes | Fail:
+        """Inflate one fragment of a message whose `size` inflated bytes came before it (the last
+        fragment with the tail RFC 7692 section 7.2.2 puts back)."""
+        room = self.max_message_size - size
+        try:
+            # max_length: never more than one byte past the limit, however much `data` holds.
+            inflated = inflater.decompress(data, room + 1)
+        except zlib.error as exc:
+            return self._fail(CLOSE_INVALID_PAYLOAD, f"compressed message does not inflate: {exc}")
+        if len(inflated) > room:
+            return self._too_big(self.max_message_size + 1)
+        return inflated
+
+    def _message_inflated(self, inflater: Any) -> None:
+        """A compressed message ended: keep its inflater for the next one if the client keeps its
+        context; one that saw a final block (BFINAL) cannot go on, and the next starts afresh."""
+        keep = not self.deflate.client_no_context_takeover and not inflater.eof  # type: ignore[union-attr]
+        self._inflater = inflater if keep else None
+
     def _feed_continuation(self, fin: bool, payload: bytes) -> Decision:
         partial = self._partial
         if partial is None:
             return self._fail(CLOSE_PROTOCOL_ERROR, "continuation frame outside a fragmented message")
+        if partial.inflater is not None:
+            return self._feed_compressed_continuation(partial, fin, payload)
         size = len(partial.buffer) + len(payload)
         if size > self.max_message_size:
             return self._too_big(size)
@@ -246,6 +319,24 @@ class MessageAssembler:
                 return self._fail(CLOSE_INVALID_PAYLOAD, "text message ends inside a UTF-8 sequence")
         return Message(partial.is_text, bytes(partial.buffer))
 
+    def _feed_compressed_continuation(self, partial: _PartialMessage, fin: bool, payload: bytes) -> Decision:
+        inflated = self._inflate(partial.inflater, payload + TAIL if fin else payload, len(partial.buffer))
+        if type(inflated) is Fail:
+            return inflated
+        if partial.utf8 is not None and not _utf8_prefix_is_valid(partial.utf8, inflated):  # type: ignore[arg-type]
+            return self._fail(CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8")
+        partial.buffer += inflated  # type: ignore[operator]
+        if not fin:
+            return None
+        self._partial = None
+        self._message_inflated(partial.inflater)
+        if partial.utf8 is not None:
+            try:
+                partial.utf8.decode(b"", True)  # the message must not end inside a character
+            except UnicodeDecodeError:
+                return self._fail(CLOSE_INVALID_PAYLOAD, "text message ends inside a UTF-8 sequence")
+        return Message(partial.is_text, bytes(partial.buffer))
+
     def _too_big(self, size: int) -> Fail:
         return self._fail(CLOSE_MESSAGE_TOO_BIG, f"message of {size}+ bytes > limit {self.max_message_size}")
 
@@ -255,6 +346,7 @@ class MessageAssembler:
 
     def _close_started(self) -> None:
         self._partial = None  # drop a half-received message now rather than with the connection
+        self._inflater = None
         self._closing = True
 
 
@@ -277,6 +369,16 @@ class ConformingListener(WSListener):
     @property
     def max_message_size(self) -> int:
         return self._assembler.max_message_size
+
+    @property
+    def deflate(self) -> Deflate | None:
+        """permessage-deflate as the handshake negotiated it (None: not negotiated)."""
+        return self._assembler.deflate
+
+    def use_deflate(self, agreement: Deflate | None) -> None:
+        """The handshake negotiated permessage-deflate (wsd.server.permessage_deflate): accept
+        compressed messages. Called before the 101 response is sent."""
+        self._assembler.deflate = agreement
 
     def on_message(self, is_text: bool, payload: bytes) -> None:
         """Handle one complete message (text is valid UTF-8, as bytes). Override in subclasses."""
@@ -360,12 +462,26 @@ class ConformingListener(WSListener):
 
 
 class EchoListener(ConformingListener):
-    """Echoes every message back with the same type (the `--echo-path` endpoint, for Autobahn)."""
+    """Echoes every message back with the same type (the `--echo-path` endpoint, for Autobahn).
 
-    __slots__ = ()
+    With permessage-deflate, a message of at least `compression_threshold` bytes goes back
+    compressed (on its own: the server never takes its context over), unless that is no smaller."""
+
+    __slots__ = ("compression_threshold",)
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, compression_threshold: int = 0) -> None:
+        super().__init__(max_message_size)
+        self.compression_threshold = compression_threshold
 
     def on_message(self, is_text: bool, payload: bytes) -> None:
-        self.transport.send(WSMsgType.TEXT if is_text else WSMsgType.BINARY, payload)
+        kind = WSMsgType.TEXT if is_text else WSMsgType.BINARY
+        agreement = self._assembler.deflate
+        if agreement is not None and len(payload) >= self.compression_threshold:
+            compressed = compress(payload, agreement.server_window_bits)
+            if len(compressed) < len(payload):
+                self.transport.send(kind, compressed, rsv1=True)
+                return
+        self.transport.send(kind, payload)
 
 
 def picows_server_kwargs(max_message_size: int) -> dict[str, Any]:

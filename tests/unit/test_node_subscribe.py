@@ -37,6 +37,7 @@ class Session:
     def __init__(self) -> None:
         self.raw = RawTransport()
         self.channels = {CHANNEL}
+        self.deflate = None  # permessage-deflate not negotiated
 
     def send_text(self, payload: bytes) -> None:
         self.raw.write(b"TEXT " + payload)
