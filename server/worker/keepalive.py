@@ -46,7 +46,9 @@ class Keepalive:
         self.timeout_s = timeout_s
         self.clock = clock
         self.rounds: list[_Round] = []  # at most two: the current one, and the last one's checks
-        self.round_started: float | None = None
+        # The first round starts one interval after the worker does: a round started at the first
+        # tick would ping whoever connected in the worker's first half second at once.
+        self.round_started: float | None = clock()
         self.timeouts = 0
 
     def tick(self) -> None:

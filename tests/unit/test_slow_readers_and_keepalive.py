@@ -89,6 +89,7 @@ def test_keepalive_pings_everyone_once_per_interval_spread_out_and_closes_the_si
     clock = Clock()
     sessions = [Session(answers=n % 10 != 0) for n in range(100)]
     keepalive = Keepalive(lambda: sessions, interval_s=10.0, timeout_s=2.0, clock=clock)
+    clock.now += 10.0  # the first round starts an interval after the worker
     pinged_by_tick = []
     for _ in range(20):  # one interval in ticks of 0.5 s
         keepalive.tick()
@@ -109,6 +110,7 @@ def test_a_session_closes_only_after_its_timeout_from_its_own_ping() -> None:
     clock = Clock()
     silent = Session(answers=False)
     keepalive = Keepalive(lambda: [silent], interval_s=10.0, timeout_s=2.0, clock=clock)
+    clock.now += 10.0
     keepalive.tick()
     assert silent.pings == 1
     clock.now += 1.5
@@ -117,6 +119,21 @@ def test_a_session_closes_only_after_its_timeout_from_its_own_ping() -> None:
     clock.now += 1.0
     keepalive.tick()
     assert silent.closed is not None
+
+
+def test_connections_of_a_just_started_worker_are_not_pinged_before_an_interval() -> None:
+    # Clients that connect before the worker's first tick (0.5 s in) were pinged at once, and a
+    # client that answers no ping (a raw reader in a test, a lazy client) was closed 10 s in.
+    clock = Clock()
+    early = Session(answers=False)
+    keepalive = Keepalive(lambda: [early], interval_s=600.0, timeout_s=10.0, clock=clock)
+    for _ in range(100):  # 50 s of ticks
+        clock.now += 0.5
+        keepalive.tick()
+    assert early.pings == 0 and early.closed is None
+    clock.now += 550.0
+    keepalive.tick()
+    assert early.pings == 1
 
 
 def test_a_round_with_nobody_does_not_start_the_next_one_early() -> None:
