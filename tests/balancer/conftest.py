@@ -158,7 +158,11 @@ def start_backends(lab: Lab, backend_kind: str, drain_window_s: float) -> list[s
         if backend_kind == "wsd":
             command = [str(REPO / ".venv/bin/wsd") if (REPO / ".venv/bin/wsd").exists() else "wsd", "serve",
                        "--host", "0.0.0.0", "--port", str(PORT), "--api-host", "127.0.0.1", "--api-port", "8081",
-                       "--admin-socket", str(lab.workdir / f"b{index}.sock"), "--workers", "1"]
+                       "--admin-socket", str(lab.workdir / f"b{index}.sock"), "--workers", "1",
+                       # These tests pin the front's side of a drain: a draining backend that refuses
+                       # new handshakes at once. wsd's lame-duck period (issue 11: handshakes still
+                       # taken, then moved with 1012) is tested with the seed (tests/cluster).
+                       "--lame-duck", "0"]
         else:
             command = [PYTHON, str(REPO / "tests/balancer/standin_backend.py"), f"b{index}", "0.0.0.0", str(PORT),
                        str(drain_window_s)]

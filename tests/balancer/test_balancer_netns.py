@@ -12,7 +12,7 @@ import time
 
 import pytest
 from netlab import CLIENT_IPS, PORT, REPO, VIP
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 
 from wsd.balancer.table import LookupTable
 
@@ -128,9 +128,10 @@ def test_draining_backend_gets_no_new_sessions_and_its_clients_move_without_rese
                 return await front.open_session(source_ip, timeout=2.0)
             except InvalidStatus as error:
                 assert error.response.status_code == 503
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError, InvalidMessage):
                 # Real wsd exits when its drain window ends; until the front's health checks
-                # remove it, a flow hashed to it is refused, and the client retries (as wsd.js does).
+                # remove it, a flow hashed to it is refused (or, already in its accept queue when
+                # it exited, reset), and the client retries (as wsd.js does).
                 await asyncio.sleep(0.1)
         raise AssertionError("could not reconnect through the VIP in 50 tries")
 
