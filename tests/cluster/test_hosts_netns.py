@@ -28,7 +28,12 @@ class Deployment:
 
     def start(self) -> None:
         self.redis.start()
-        self.hosts = [NetnsWsd(self.lab, index, ["--cluster", self.redis.url, "--drain-window", "2"])
+        # History for a few seconds of the outage test's load (~300 messages/s per channel): the hosts
+        # reconnect to a restarted Redis up to a second or two apart, and publishes through the first
+        # one back must still be in every channel's stream when the last one catches up (with the
+        # default 100 a slow reconnect under load is a gap, as it should be, not the no-loss case).
+        self.hosts = [NetnsWsd(self.lab, index, ["--cluster", self.redis.url, "--drain-window", "2",
+                                                 "--history-size", "5000"])
                       for index in range(len(self.lab.hosts))]  # fmt: skip
         for host in self.hosts:
             host.start(wait=False)
