@@ -75,7 +75,7 @@ def _bound_text(bound: float) -> str:
 
 # Label values the issue fixes (the contract) -------------------------------------------------------
 
-HANDSHAKE_RESULTS = ("accepted", "draining", "limit", "auth", "origin", "rate_limited")
+HANDSHAKE_RESULTS = ("accepted", "draining", "limit", "unauthorized", "origin", "rate_limited")
 PUBLISH_SOURCES = ("client", "api", "cluster")
 RESUME_RECOVERED = ("true", "false")
 # Every close code wsd sends, and those a client or the network may end a connection with. Codes a

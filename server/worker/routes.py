@@ -145,7 +145,7 @@ class WebSocketRoutes:
                 return _error(403, refusal, _JSON_HEADERS)
         identity = self.gate.authenticate_target(request.path, time.time())
         if isinstance(identity, AuthError):
-            self.counters.handshake("auth")
+            self.counters.handshake("unauthorized")
             return _error(401, http_refusal_body(identity), _JSON_HEADERS)
         if identity is NEEDS_AUTH_MESSAGE:
             return None  # the session waits for its auth message

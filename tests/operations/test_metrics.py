@@ -49,7 +49,7 @@ def test_every_family_is_exported_zero_valued_with_its_labels_from_the_start(ser
     metrics = scrape(server)
     for result in HANDSHAKE_RESULTS:
         assert set(metrics.by_worker("wsd_handshakes_total", result=result)) == {"0", "1"}
-    for result in ("limit", "auth", "origin", "rate_limited"):  # refused by auth/limits: none yet
+    for result in ("limit", "unauthorized", "origin", "rate_limited"):  # refused by auth/limits: none yet
         assert metrics.value("wsd_handshakes_total", result=result) == 0
     for source in PUBLISH_SOURCES:
         assert set(metrics.by_worker("wsd_messages_published_total", source=source)) == {"0", "1"}

@@ -23,7 +23,7 @@ CONTRACT = {
     "wsd_connections": ("gauge", {}),
     "wsd_handshakes": (
         "counter",
-        {"result": {"accepted", "draining", "limit", "auth", "origin", "rate_limited"}},
+        {"result": {"accepted", "draining", "limit", "unauthorized", "origin", "rate_limited"}},
     ),
     "wsd_messages_published": ("counter", {"source": {"client", "api", "cluster"}}),
     "wsd_deliveries": ("counter", {}),

@@ -49,7 +49,7 @@ def test_ctl_status_keeps_every_field_scripts_use_and_adds_new_ones():
     counters.published("client")
     counters.handshake("accepted")
     counters.handshake("draining")
-    counters.handshake("auth")
+    counters.handshake("unauthorized")
     counters.counts[DELIVERIES] += 7
     counters.set("accepting", 1)
     values = status_values(dict(zip(FIELD_INDEX, counters.counts, strict=True)))
