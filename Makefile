@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-connections bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
+.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,11 @@ chaos: install
 # Fan-out benchmark: 10,000 subscribers on 2 workers, one publisher; writes bench/results/ (see bench/fanout.py).
 bench-fanout: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.fanout
+
+# permessage-deflate: bytes on the wire and server CPU per delivery of a ~1 KB JSON notification,
+# compression on vs off, broadcast and targeted; 2,000 connections on 2 workers (see bench/compression.py).
+bench-compression: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.compression --connections 2000 --tag 2w-2k
 
 # Connection benchmark: N idle WebSocket clients from Locust (distributed), memory per connection,
 # handshake rate, broadcasts to all N; writes bench/results/ (see bench/connections.py).
