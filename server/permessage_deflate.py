@@ -105,9 +105,11 @@ def negotiate(header_values: tuple[str, ...], client_no_context_takeover: bool =
     """The agreement for the first acceptable permessage-deflate offer in a handshake's
     Sec-WebSocket-Extensions values (in order), or None.
 
-    `client_no_context_takeover`: answer it even if the client did not offer it (RFC 7692 section
-    7.1.1.2 allows that), so that no inflate state outlives a message. The echo endpoint passes
-    False, to serve clients that keep their context (and to test that path)."""
+    `client_no_context_takeover`: True answers it whether the client offered it or not (RFC 7692
+    section 7.1.1.2 allows that), so that no inflate state outlives a message. False never answers
+    it (also allowed: an offer's `client_no_context_takeover` is only a hint) and the client's
+    messages are inflated with its context kept: the echo endpoint does that, so that Autobahn,
+    whose offers all carry the hint, tests that path too."""
     return _negotiate(tuple(header_values), client_no_context_takeover)
 
 
@@ -148,7 +150,7 @@ def accept_offer(
             return None  # an unknown parameter
         seen[key] = value
     answer = [EXTENSION, "server_no_context_takeover"]
-    client_no_context_takeover = force_client_no_context_takeover or "client_no_context_takeover" in seen
+    client_no_context_takeover = force_client_no_context_takeover
     if client_no_context_takeover:
         answer.append("client_no_context_takeover")
     server_bits = MAX_WINDOW_BITS

@@ -10,15 +10,24 @@ import argparse
 import logging
 
 import uvloop
-from picows import WSUpgradeRequest, ws_create_server
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
+from wsd.server.permessage_deflate import HEADER, negotiate
 from wsd.server.worker.ws_conformance import DEFAULT_MAX_MESSAGE_SIZE, EchoListener, picows_server_kwargs
 
 
 async def serve(host: str, port: int, path: str, max_message_size: int) -> None:
-    def route(request: WSUpgradeRequest) -> EchoListener | None:
-        # None makes picows answer 404, like wsd for an unknown path.
-        return EchoListener(max_message_size) if request.path == path.encode() else None
+    def route(request: WSUpgradeRequest) -> EchoListener | WSUpgradeResponseWithListener | None:
+        if request.path != path.encode():
+            return None  # picows answers 404, like wsd for an unknown path
+        listener = EchoListener(max_message_size)
+        # permessage-deflate as wsd's echo endpoint negotiates it (the client may keep its context).
+        agreement = negotiate(tuple(request.headers.getall(HEADER, ())), client_no_context_takeover=False)
+        if agreement is None:
+            return listener
+        listener.use_deflate(agreement)
+        response = WSUpgradeResponse.create_101_response({HEADER: agreement.response})
+        return WSUpgradeResponseWithListener(response, listener)
 
     server = await ws_create_server(route, host, port, **picows_server_kwargs(max_message_size))
     print(f"echo server listening on ws://{host}:{port}{path}", flush=True)

@@ -1,11 +1,12 @@
 """Run the Autobahn|Testsuite fuzzingclient against a wsd echo endpoint and judge the result.
 
 Sets up a Python 2.7 virtualenv with `wstest` in `.venv-autobahn` on first use, optionally starts
-the server under test, runs every case except permessage-deflate (12.*, 13.*), prints counts by
-behaviour and exits non-zero on any FAILED case not in KNOWN_UNFIXABLE or if no case ran.
+the server under test, runs every case (permessage-deflate's 12.* and 13.* included) or the ones
+`--cases` names, prints counts by behaviour and exits non-zero on any FAILED case not in
+KNOWN_UNFIXABLE or if no case ran.
 
     python tests/autobahn/run_fuzzingclient.py --start-server auto
-    python tests/autobahn/run_fuzzingclient.py --url ws://127.0.0.1:9001/echo
+    python tests/autobahn/run_fuzzingclient.py --url ws://127.0.0.1:9001/echo --cases '1.*,12.1.*'
 """
 
 from __future__ import annotations
@@ -158,11 +159,16 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
-def run_suite(wstest: Path, url: str, reports_dir: Path) -> float:
-    """Run the fuzzingclient (wstest output goes to reports_dir/wstest.log); return wall seconds."""
+def run_suite(
+    wstest: Path, url: str, reports_dir: Path, cases: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()
+) -> float:
+    """Run the fuzzingclient on `cases` less `exclude` (wstest's patterns: "12.*", "13.1.2";
+    output to reports_dir/wstest.log); return wall seconds."""
     shutil.rmtree(reports_dir, ignore_errors=True)
     reports_dir.mkdir(parents=True)
-    spec = Template(SPEC_TEMPLATE.read_text()).substitute(URL=url, OUTDIR=str(reports_dir))
+    spec = Template(SPEC_TEMPLATE.read_text()).substitute(
+        URL=url, OUTDIR=str(reports_dir), CASES=json.dumps(list(cases)), EXCLUDE_CASES=json.dumps(list(exclude))
+    )
     spec_path = reports_dir / "spec.json"
     spec_path.write_text(spec)
     started = time.monotonic()
@@ -224,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--start-server", choices=["auto", "wsd", "harness"],
                         help="start this server on a free port, test it, stop it")  # fmt: skip
     parser.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR)
+    parser.add_argument("--cases", default="*", help="comma list of wstest case patterns (default: all)")
+    parser.add_argument("--exclude-cases", default="", help="comma list of case patterns to leave out")
     args = parser.parse_args(argv)
+    cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    exclude = [case.strip() for case in args.exclude_cases.split(",") if case.strip()]
 
     wstest = ensure_wstest()
     args.reports_dir = args.reports_dir.resolve()
@@ -242,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parts = urlsplit(url)
             wait_for_port(parts.hostname or "127.0.0.1", parts.port or 80, 30)
-        elapsed_s = run_suite(wstest, url, args.reports_dir)
+        elapsed_s = run_suite(wstest, url, args.reports_dir, tuple(cases), tuple(exclude))
     finally:
         if server is not None:
             stop_server(server)
