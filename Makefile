@@ -57,8 +57,8 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 
-# Autobahn|Testsuite (without permessage-deflate) against a freshly started `wsd serve --echo-path`
-# (or tests/autobahn/echo_server.py before wsd has that flag); see docs/conformance.md.
+# Autobahn|Testsuite, every case (permessage-deflate's 12.* and 13.* too: about half an hour), against a
+# freshly started `wsd serve --echo-path` (or tests/autobahn/echo_server.py); see docs/conformance.md.
 autobahn: install
 	$(PY) tests/autobahn/run_fuzzingclient.py --start-server auto
 
