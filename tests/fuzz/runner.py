@@ -25,7 +25,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent.parent
-HARNESSES = ("fuzz_client_request", "fuzz_ws_assembler", "fuzz_http_api", "fuzz_bus_record", "fuzz_config")
+HARNESSES = (
+    "fuzz_client_request", "fuzz_ws_assembler", "fuzz_permessage_deflate", "fuzz_http_api", "fuzz_bus_record",
+    "fuzz_config",
+)  # fmt: skip
 
 # Per harness: the largest input libFuzzer makes (it starts smaller and grows towards it).
 MAX_LENGTH = {"fuzz_http_api": 8192, "fuzz_config": 4096}
