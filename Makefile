@@ -8,11 +8,12 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
+.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-held bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
 
+# picows before the build: ext/connmem.pyx compiles against picows's declarations (picows.pxd).
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip 'setuptools>=68' wheel 'Cython>=3.0'
+	$(PIP) install -q --upgrade pip 'setuptools>=68' wheel 'Cython>=3.0' 'picows>=2.3,<2.4'
 
 # wsd is installed into the venv as a user installs it (`pip install .`, not editable), so the tests
 # run the installed package. Reinstall only when a source changed: the Cython objects in build/ are
@@ -95,6 +96,12 @@ bench-compression: install
 N ?= 200000
 bench-connections: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.connections --connections $(N)
+
+# N idle connections held by the fast load generator (picows, harness/loadgen.py): server memory per
+# connection (against Node `ws` with SERVERS=wsd,node_ws) and broadcast latency, with whose time it is.
+SERVERS ?= wsd
+bench-held: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.held_connections --connections $(N) --servers $(SERVERS)
 
 # Token verifications per second (HS256, ES256, RS256) and the per-request auth checks, one core;
 # writes bench/results/auth-verify-* (see bench/auth_verify.py).

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from typing import Any, Protocol
 
-from picows import WSCloseCode, WSMsgType
+from picows import WSCloseCode
 
+from wsd.ext.frames import text_frame
 from wsd.server.auth import POLICY_VIOLATION
 from wsd.server.auth.gate import AuthGate
 from wsd.server.auth.ratelimit import FLOOD_CLOSE_REASON, RateLimiter, Verdict
@@ -46,6 +48,9 @@ from wsd.server.worker.ws_conformance import ConformingListener
 log = logging.getLogger("wsd.session")
 
 _connection_ids = itertools.count(1)
+
+# A session's channels are a list up to this many (a scan of a few is as fast as a hash), then a set.
+SMALL_CHANNELS = 8
 
 
 class SessionHost(Protocol):
@@ -87,7 +92,8 @@ class ClientSession(ConformingListener):
         super().__init__(max_message_size)
         self.host = host
         self.raw: Any = None
-        self.channels: set[str] | None = None
+        # A list while it is short (2 entries: 88 bytes, a set: 216), a set past SMALL_CHANNELS.
+        self.channels: list[str] | set[str] | None = None
         # Who the connection is (from ?token= or its auth message; ANONYMOUS with auth off), None
         # until it has authenticated.
         self.identity = identity
@@ -124,11 +130,13 @@ class ClientSession(ConformingListener):
         super().on_ws_disconnected(transport)
 
     def send_text(self, payload: bytes) -> None:
-        if not self.transport.is_disconnected:
-            self.transport.send(WSMsgType.TEXT, payload)
-            # The frame's header is 2 bytes up to 125 bytes of payload, 4 up to 65535, else 10.
-            size = len(payload)
-            self.host.counters.counts[SENT_BYTES] += size + (2 if size < 126 else 4 if size < 65536 else 10)
+        transport = self.transport
+        if not transport.is_disconnected and not transport.is_close_frame_sent:
+            # The finished frame straight to the socket's transport, as the hub writes deliveries:
+            # picows's send() would grow the connection's trimmed write buffer back (wsd.ext.connmem).
+            frame = text_frame(payload)
+            self.raw.write(frame)
+            self.host.counters.counts[SENT_BYTES] += len(frame)
 
     def log_fields(self) -> dict[str, Any]:
         """The fields of a log line about this connection: its id, peer address and user."""
@@ -202,17 +210,26 @@ class ClientSession(ConformingListener):
         self.host.session_closing(self)
 
     def _subscribe(self, request: Subscribe) -> None:
-        if self.channels is None:
-            self.channels = set()
-        if request.channel in self.channels:
+        channels = self.channels
+        if channels is None:
+            channels = self.channels = []
+        if request.channel in channels:
             self.host.subscribe_again(self, request)
             return
         limit = self.host.max_subscriptions
-        if len(self.channels) >= limit:
+        if len(channels) >= limit:
             message = f"at most {limit} subscriptions per connection"
             self.send_text(err_reply(request.id, TOO_MANY_SUBSCRIPTIONS, message))
             return
-        self.channels.add(request.channel)
+        # Interned: the channels most connections share ("news") are then one string, not one each.
+        channel = sys.intern(request.channel)
+        if type(channels) is list:
+            if len(channels) < SMALL_CHANNELS:
+                channels.append(channel)
+            else:
+                self.channels = {*channels, channel}
+        else:
+            channels.add(channel)
         self.host.subscribe(self, request)
 
     # -- the session's channels, for the host --
@@ -222,15 +239,16 @@ class ClientSession(ConformingListener):
 
     def forget_channel(self, channel: str) -> bool:
         """Remove one channel; whether the session had it."""
-        if self.channels is None or channel not in self.channels:
+        channels = self.channels
+        if channels is None or channel not in channels:
             return False
-        self.channels.discard(channel)
+        channels.remove(channel)
         return True
 
     def take_channels(self) -> set[str]:
         """Every channel of the session, which then has none."""
-        channels, self.channels = self.channels or set(), None
-        return channels
+        channels, self.channels = self.channels, None
+        return set(channels) if channels else set()
 
 
 def close_code(transport: Any) -> int | None:

@@ -8,6 +8,7 @@ and is the base class of every wsd endpoint; `EchoListener` echoes messages for 
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import zlib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from wsd.ext.connmem import trim_transport
 from wsd.server.permessage_deflate import TAIL, Deflate, compress
 
 # Opcodes (RFC 6455 section 5.2). Plain ints: picows' WSMsgType is an IntEnum and compares equal.
@@ -42,6 +44,18 @@ _UTF8_DECODER = codecs.getincrementaldecoder("utf-8")
 
 # Shared by every open connection in place of its upgrade request's and response's headers.
 _NO_HEADERS = CIMultiDictProxy(CIMultiDict())
+
+# One finished future (of the running loop) in place of each server transport's `disconnected_future`.
+_finished: asyncio.Future | None = None
+
+
+def _finished_future() -> asyncio.Future:
+    global _finished
+    loop = asyncio.get_running_loop()
+    if _finished is None or _finished.get_loop() is not loop:
+        _finished = loop.create_future()
+        _finished.set_result(None)
+    return _finished
 
 # Accept queue of the WebSocket listener. asyncio's create_server calls listen() again on the
 # inherited socket with its default of 100, which overflows during a ramp of thousands of
@@ -427,9 +441,13 @@ class ConformingListener(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        # picows keeps the upgrade request and response, header multidicts included, for the
-        # connection's whole life, and nothing reads them after the handshake: ~1 KB per idle
-        # connection (bench/connection_memory.py). Keep the objects, drop their headers.
+        # picows keeps, for the connection's whole life, the upgrade request and response (header
+        # multidicts included), a 1 KiB write buffer and a future per connection; nothing reads
+        # them after the handshake, and wsd writes its frames itself. ~1.9 KiB per idle connection
+        # (bench/connection_memory.py). The response was sent before this call.
+        if isinstance(transport, WSTransport) and not transport.is_client_side:
+            trim_transport(transport, _finished_future())
+            return
         for message in (getattr(transport, "request", None), getattr(transport, "response", None)):
             if message is not None:
                 message.headers = _NO_HEADERS
