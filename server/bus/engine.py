@@ -100,7 +100,8 @@ class Tracked:
     chan_hash: int  # h1
     # Every ring's commit when tracking began: a message of another epoch from before then is a
     # left-over of an earlier life of the channel (it was forgotten since), never a new epoch.
-    since: list[int]
+    # Read only; channels tracked while no ring moved share one tuple (BusEngine._commits).
+    since: tuple[int, ...]
 
 
 def chain_position(bus_slot: int, position: int) -> int:
@@ -133,6 +134,7 @@ class BusEngine:
         self.hash: Hasher = hasher or ChannelHasher(segments[0].hash_secret).hash
         self.role: int | None = None
         self.tracked: dict[bytes, Tracked] = {}  # by channel name
+        self._last_commits: tuple[int, ...] = ()
         self._tracked_hashes: dict[int, int] = {}  # h1 -> tracked names with it: the cheap filter
         self._bucket_refs: dict[int, int] = {}
         self._buckets = self.own.layout.interest_buckets
@@ -365,11 +367,19 @@ class BusEngine:
             self.own.interest.mark(h1, True)
         fence()
         epoch, offset, _, _ = self.segments[self.role_of(h1)].table.state(h1, h2)
-        tracked = Tracked(epoch, offset, 1, h1, [segment.ring.commit for segment in self.segments])
+        tracked = Tracked(epoch, offset, 1, h1, self._commits())
         self.tracked[name] = tracked
         self._tracked_hashes[h1] = self._tracked_hashes.get(h1, 0) + 1
         self.poll()
         return tracked.epoch, tracked.offset
+
+    def _commits(self) -> tuple[int, ...]:
+        """Every ring's commit now; the same tuple as last time while no ring has moved (a worker
+        tracking 20,000 channels holds one, not 20,000 lists of one int per worker)."""
+        commits = tuple([segment.ring.commit for segment in self.segments])
+        if commits != self._last_commits:
+            self._last_commits = commits
+        return self._last_commits
 
     def unsubscribe(self, channel: str) -> None:
         name = channel.encode()
