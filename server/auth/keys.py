@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import HMACAlgorithm
-from jwt.exceptions import InvalidKeyError
+from typing import TYPE_CHECKING
 
 from wsd.server.auth.permissions import pattern_error
+
+# cryptography and PyJWT (~10 MiB of RSS per process) are imported only when a key is loaded:
+# every worker imports this module, and most servers run without auth.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 # RFC 7518 §3.2: an HS256 key MUST be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32
@@ -162,6 +161,9 @@ def _secret_key(secret: bytes, source: str) -> TokenKey:
             f"{source}: the HS256 secret is {len(secret)} bytes; use at least {MIN_SECRET_BYTES} random bytes "
             "(RFC 7518 §3.2), e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
+    from jwt.algorithms import HMACAlgorithm
+    from jwt.exceptions import InvalidKeyError
+
     try:
         # PyJWT's own check: refuses PEM, SSH and JWK-looking secrets (a public key is not a secret).
         HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
@@ -173,6 +175,11 @@ def _secret_key(secret: bytes, source: str) -> TokenKey:
 
 
 def _public_key(raw: bytes, path: str) -> TokenKey:
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     flags = f"{PUBLIC_KEY_FLAGS} {path}"
     if b"PRIVATE KEY-----" in raw:
         raise AuthSettingsError(

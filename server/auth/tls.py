@@ -20,9 +20,8 @@ import os
 import ssl
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+# cryptography (several MiB of RSS per process) is imported only where a certificate is read: every
+# worker imports this module, and most serve without TLS.
 
 ALPN_PROTOCOLS = ["http/1.1"]
 
@@ -89,6 +88,10 @@ def load_server_context(
 
 
 def _diagnose(exc: Exception, cert_file: str, key_file: str, cert_flag: str, key_flag: str) -> str:
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         with open(cert_file, "rb") as f:
             certificate = x509.load_pem_x509_certificate(f.read())
@@ -112,6 +115,8 @@ def _diagnose(exc: Exception, cert_file: str, key_file: str, cert_flag: str, key
 
 def certificate_info(cert_file: str, now: datetime.datetime | None = None) -> CertificateInfo:
     """Subject and expiry of the first certificate in `cert_file` (call after load_server_context)."""
+    from cryptography import x509
+
     with open(cert_file, "rb") as f:
         certificate = x509.load_pem_x509_certificate(f.read())
     not_after = certificate.not_valid_after_utc

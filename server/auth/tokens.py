@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import orjson
-from jwt.algorithms import get_default_algorithms
 
 from wsd.server.auth import UNAUTHORIZED
 from wsd.server.auth.keys import TokenKey
@@ -67,7 +66,10 @@ class TokenVerifier:
         self.issuer = issuer
         self.leeway_s = leeway_s
         # PyJWT's implementation of the one algorithm the key pins, with the key prepared once
-        # (jwt.decode prepares it again, and re-checks it, on every call).
+        # (jwt.decode prepares it again, and re-checks it, on every call). Imported here: a server
+        # without auth never loads PyJWT and cryptography (wsd.server.auth.keys).
+        from jwt.algorithms import get_default_algorithms
+
         self._algorithm = get_default_algorithms()[key.algorithm]
         self._prepared_key = self._algorithm.prepare_key(key.key)
 
