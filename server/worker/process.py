@@ -39,6 +39,7 @@ from wsd.server.node.deadlines import ConnectionDeadlines
 from wsd.server.node.node import Node
 from wsd.server.server_view import ServerObserver
 from wsd.server.stats import FIELD_INDEX, WorkerCounters
+from wsd.server.worker import memtrace
 from wsd.server.worker.accept import AcceptGate
 from wsd.server.worker.address_limits import AddressLimiter
 from wsd.server.worker.drain import Drain
@@ -128,6 +129,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self._on_drain_signal, False)
         loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal, True)
         loop.add_signal_handler(signal.SIGUSR2, self._on_take_role_signal)
+        memtrace.install_snapshot_signal(loop, self.slot)
         if self.config.cluster:
             # Readiness and the metrics see Redis as this process does.
             self.observer.cluster_state = self.broker.shard_states
@@ -376,6 +378,7 @@ def _stop_when_the_supervisor_dies(supervisor_pid: int) -> None:
 
 
 def main() -> int:
+    memtrace.start_if_asked()  # bench only: WSD_TRACEMALLOC (before anything per connection exists)
     spec = json.loads(os.environ.pop("WSD_WORKER_SPEC"))
     _stop_when_the_supervisor_dies(spec["supervisor_pid"])
     setup_logging(spec["config"]["log_level"], f"worker {spec['slot']}", spec["config"]["log_format"])
