@@ -53,7 +53,7 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check .
