@@ -16,25 +16,33 @@ from wsd.server.bus.segment import Segment
 log = logging.getLogger("wsd.bus")
 
 
-def ring_horizon_s(ring: Ring, now_ns: int) -> tuple[float | None, bool]:
-    """(seconds from the oldest entry still intact to now, whether the ring has lapped).
+# How many entries from the tail the horizon looks through for the oldest one with a publish time.
+HORIZON_SCAN_ENTRIES = 256
 
-    None for an empty ring. A ring that never lapped still holds everything since it started, so
-    its horizon only says how young it is; once lapped, history older than the horizon is gone.
+
+def ring_horizon_s(ring: Ring, now_ns: int) -> tuple[float | None, bool]:
+    """(seconds from the oldest message still intact to now, whether the ring has lapped).
+
+    None when the ring holds no message. A ring that never lapped still holds everything since it
+    started, so its horizon only says how young it is; once lapped, history older than the horizon
+    is gone. Records without a publish time (with `--cluster`: INTEREST, OWNER and their replies,
+    which a worker writes first) are stepped over, so they do not hide the messages behind them.
     """
     for _ in range(8):  # the writer may lap the position we read from: start again from its tail
         position = ring.tail
-        commit = ring.commit
-        if position >= commit:
-            return None, ring.reserve > ring.capacity
-        entries, _, lost = ring.read(position, 1)
-        if entries and not lost:
-            _, tag, payload = entries[0]
+        lapped = ring.reserve > ring.capacity
+        if position >= ring.commit:
+            return None, lapped
+        entries, _, lost = ring.read(position, HORIZON_SCAN_ENTRIES)
+        if lost:
+            continue
+        for _, tag, payload in entries:
             try:
                 ts_ns = peek_ts_ns(tag, payload)
             except ValueError:
-                return None, True  # not a bus record: no time to tell
-            return max(0, now_ns - ts_ns) / 1e9, ring.reserve > ring.capacity
+                continue  # no publish time in this record: the next one may have one
+            return max(0, now_ns - ts_ns) / 1e9, lapped
+        return None, lapped
     return 0.0, True
 
 

@@ -34,3 +34,16 @@ def test_a_lapped_ring_reaches_back_to_its_oldest_intact_entry():
     assert lapped
     assert horizon == (200 * SECOND - oldest) / SECOND
     assert 20 < horizon < 30  # 4096 bytes hold about 25 of them
+
+
+def test_records_without_a_publish_time_do_not_hide_the_messages_behind_them():
+    """With --cluster a worker's ring starts with INTEREST records (no publish time): the horizon is
+    the age of the first message after them, and a ring that never lapped does not say it lapped."""
+    from wsd.server.cluster.records import SUBSCRIBE, TAG_INTEREST, encode_interest
+
+    ring = new_ring()
+    ring.append(TAG_INTEREST, encode_interest(SUBSCRIBE, 0, 1, 1, b"ch"))
+    assert ring_horizon_s(ring, 100 * SECOND) == (None, False)  # no message yet
+    ring.append(TAG_INTEREST, encode_interest(SUBSCRIBE, 0, 1, 2, b"other"))
+    ring.append(record.TAG_MSG, msg(70 * SECOND))
+    assert ring_horizon_s(ring, 100 * SECOND) == (30.0, False)
