@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-held bench-auth bench-auth-cost bench-peers bench-api bench-cluster system-deps
+.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-held bench-auth bench-auth-cost bench-peers bench-api bench-cluster dashboard-screenshot system-deps
 
 # picows before the build: ext/connmem.pyx compiles against picows's declarations (picows.pxd).
 $(PY):
@@ -129,6 +129,12 @@ bench-peers: install
 # writes bench/results/cluster-* (see bench/cluster.py).
 bench-cluster: install system-deps
 	flock /tmp/wsd-bench.lock $(PY) -m bench.cluster --setup --tag 3hosts-10k
+
+# The README's dashboard screenshot: a real Prometheus scraping wsd (2 workers) through ~4 minutes of load
+# (3,000 resuming subscribers, steady publishes and a burst, churn, slow readers, a rolling reload, a
+# killed worker), drawn by deploy/render_dashboard.py into docs/dashboard.png (see bench/dashboard_run.py).
+dashboard-screenshot: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.dashboard_run --out docs/dashboard.png
 
 clean:
 	rm -rf build dist *.egg-info ext/*.c ext/*.so harness/*.so .fuzz $(VENV) $(DEMO_AUTH)
