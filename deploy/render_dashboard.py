@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -26,6 +27,8 @@ DASHBOARD = Path(__file__).with_name("grafana-dashboard.json")
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 PALETTE = ["#73bf69", "#f2cc0c", "#5794f2", "#ff9830", "#f2495c", "#b877d9", "#8ab8ff", "#fade2a", "#c4162a"]
 UNIT_HEIGHT_PX, WIDTH_PX, DPI = 30, 1800, 100
+# Steps between time-axis ticks, in seconds: the smallest that leaves a panel few enough labels.
+TICK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
 def query_range(base: str, expr: str, start: float, end: float, step: float) -> list[dict]:
@@ -61,6 +64,16 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.3g}{suffix}"
 
 
+def time_ticks(start: float, end: float, most: int) -> tuple[list[float], int]:
+    """Tick times (Unix seconds) on round multiples of one step, at most `most` of them, and the step.
+    (matplotlib's AutoDateLocator finds no step between 30 s and 5 min for a range of a few minutes
+    and falls back to 30 s, whose labels run into each other on a narrow panel.)"""
+    span = max(end - start, 1.0)
+    step = next((s for s in TICK_STEPS_S if span / s <= most), TICK_STEPS_S[-1])
+    first = math.ceil(start / step) * step
+    return [first + i * step for i in range(int((end - first) // step) + 1)], step
+
+
 def concrete(expr: str, rate_window: str) -> str:
     return expr.replace("$__rate_interval", rate_window).replace("$instance", ".*")
 
@@ -83,7 +96,6 @@ def render(base: str, start: float, end: float, out: Path, rate_window: str, tit
     figure.text(0.005, 1 - 18 / height_px, f"{title or dashboard['title']}    {stamp}", color=TEXT, fontsize=15,
                 va="center", weight="bold")  # fmt: skip
     step = max(1.0, (end - start) / 300)
-    time_format = "%H:%M" if end - start > 600 else "%H:%M:%S"
     gap = 4  # px between panels
 
     def to_figure(left: float, top: float, width: float, height: float) -> list[float]:
@@ -131,8 +143,9 @@ def render(base: str, start: float, end: float, out: Path, rate_window: str, tit
         axes.set_xlim(datetime.fromtimestamp(start), datetime.fromtimestamp(end))
         axes.tick_params(colors=TEXT, labelsize=8, length=0)
         axes.grid(color=GRID, linewidth=0.5)
-        axes.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=max(3, int(width // 110))))
-        axes.xaxis.set_major_formatter(mdates.DateFormatter(time_format))
+        ticks, tick_step = time_ticks(start, end, max(3, int(width // 110)))
+        axes.set_xticks([datetime.fromtimestamp(t) for t in ticks])
+        axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M" if tick_step % 60 == 0 else "%H:%M:%S"))
         axes.yaxis.set_major_locator(MaxNLocator(nbins=max(2, int(plot_height // 30))))
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos, unit=unit: format_value(value, unit)))
         axes.set_ylim(bottom=0)

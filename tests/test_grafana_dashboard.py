@@ -197,3 +197,6 @@ def test_the_preview_renderer_draws_every_panel_from_a_real_prometheus(prometheu
     assert module.format_value(3 * 1024 * 1024, "bytes") == "3.0 MiB"
     assert module.format_value(0.5, "percentunit") == "50.0%"
     assert module.format_value(25_000, "short") == "25.0k"
+    # A few minutes on a narrow panel: ticks every 2 minutes, on the minute (not every 30 s).
+    assert module.time_ticks(1_000_000_015, 1_000_000_015 + 276, 4) == ([1_000_000_080, 1_000_000_200], 120)
+    assert module.time_ticks(0, 90, 3)[1] == 30
