@@ -419,8 +419,8 @@ def run(args: argparse.Namespace) -> dict:
         steady.join(30)
         time.sleep(3 * SCRAPE_INTERVAL_S)  # the last scrapes
         end = time.time()
-        title = (f"wsd — {args.subscribers:,} resuming subscribers, {args.rate:g} msg/s + a burst, churn, "
-                 f"rolling reload, a worker killed (bench/dashboard_run.py)")  # fmt: skip
+        title = (f"wsd load run: {args.subscribers:,} resuming subscribers, {args.rate:g} msg/s + a burst, churn, "
+                 "reload, killed worker")  # fmt: skip
         subprocess.run([sys.executable, str(RENDERER), "--prometheus", base, "--end", str(end),
                         "--minutes", str((end - started + 6) / 60), "--rate-window", args.rate_window,
                         "--title", title, "--out", str(args.out)], check=True)  # fmt: skip
