@@ -128,7 +128,10 @@ def render(base: str, start: float, end: float, out: Path, rate_window: str, tit
         if panel["type"] == "stat":
             _draw_stat(frame, panel, series, unit)
             continue
-        columns = max(1, int(width // 230))
+        # As many legend columns as the longest name leaves room for (7 pt: ~5.5 px a character, plus
+        # the line and the spacing), so short names (close codes) all fit in the three rows.
+        longest = max((len(name) for name, _ in series), default=1)
+        columns = max(1, int((width - 16) // (longest * 5.5 + 34)))
         shown = series[: 3 * columns]
         legend_rows = -(-len(shown) // columns) if shown else 0
         legend_px = 14 * legend_rows + 6
