@@ -107,6 +107,7 @@ class Worker:
         self.drain: Drain | None = None
         self.observer = ServerObserver(self.segments, self.segments[0].workers, installed_version())
         self._ticks = 0
+        self.hosts_api = None  # with --cluster: wsd.server.cluster.api_hosts.HostsApi
 
     # -- lifecycle --
 
@@ -151,6 +152,12 @@ class Worker:
         )
         self.intercom = IntercomServer(self.intercom_directory, self.bus_slot, self.server_api.intercom_request)
         await self.intercom.start()
+        if self.config.cluster:  # the server API reaches the other hosts' workers over Redis too
+            from wsd.server.cluster.api_hosts import HostsApi
+
+            self.hosts_api = HostsApi(self.broker.cluster, self.bus_slot, self.server_api.local)
+            self.server_api.other_hosts = self.hosts_api.ask
+            self.hosts_api.start()
         self.api_factory = make_api_protocol_factory(
             ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size(),
             idle_timeout=self.config.api_idle_timeout, max_connections=self.api_connection_limit,
@@ -229,6 +236,8 @@ class Worker:
             await asyncio.sleep(0.05)
         self.api_server.close()
         self.intercom.close()
+        if self.hosts_api is not None:
+            await self.hosts_api.close()  # leaves the members set: other hosts stop expecting it
         self._write_stats()
         if not self.stopped.done():
             self.stopped.set_result(None)

@@ -12,7 +12,9 @@ Counts are for the whole server: the worker that takes the request acts on its o
 node) and asks every other live worker process over the intercom sockets (wsd.server.worker.
 intercom), then adds the answers up. `wsd ctl` reaches the same operations through the supervisor,
 which sends a `gather` request to one worker (`intercom_request`). With `--cluster` the other hosts
-must be asked too: `other_hosts` is the one place that does it (the cluster wiring sets it).
+are asked too, at the same time, through `other_hosts` (wsd.server.cluster.api_hosts, set by the
+worker): a host that does not answer, or Redis that cannot be reached, is named like a worker that
+does not answer (503 with the error and what the others' answers add up to).
 
 The operations take and give plain values (`Answer`); `add_server_api` puts them on the API
 port's router (wsd.server.api), behind the API key like every /api/* path (and `/metrics` too;
@@ -21,6 +23,7 @@ port's router (wsd.server.api), behind the API key like every /api/* path (and `
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -79,9 +82,10 @@ class ServerApi:
         self.intercom_directory = intercom_directory
         self.bus_slot = bus_slot
         self.users_known = users_known  # True once auth identifies connections (issue 10)
-        # With --cluster: `await other_hosts(request)` -> the other hosts' combined answers (a list
-        # of dicts shaped like a worker's), added to this host's. Set by the cluster wiring.
-        self.other_hosts: Callable[[dict[str, Any]], Awaitable[list[dict[str, Any]]]] | None = None
+        # With --cluster: `await other_hosts(request)` -> (the other hosts' workers' answers, each
+        # shaped like a worker's; a text per host that did not answer). Set by the worker
+        # (wsd.server.cluster.api_hosts.HostsApi.ask).
+        self.other_hosts: Callable[[dict[str, Any]], Awaitable[tuple[list[dict[str, Any]], list[str]]]] | None = None
 
     # -- HTTP endpoints --
 
@@ -148,14 +152,20 @@ class ServerApi:
         peers = [bus_slot for bus_slot, _stats in view.processes if bus_slot != self.bus_slot]
         answers = [self.local(request)]
         failures = []
-        for bus_slot, answer in (await ask_all(self.intercom_directory, peers, request)).items():
+        if self.other_hosts is not None:  # asked at the same time as this host's workers
+            local_answers, (host_answers, host_failures) = await asyncio.gather(
+                ask_all(self.intercom_directory, peers, request), self.other_hosts(request)
+            )
+        else:
+            local_answers, host_answers, host_failures = await ask_all(self.intercom_directory, peers, request), [], []
+        for bus_slot, answer in local_answers.items():
             if isinstance(answer, IntercomError):
                 slot = dict(view.processes).get(bus_slot, {}).get("slot")
                 failures.append(f"worker {slot} (bus slot {bus_slot}) did not answer: {answer}")
             else:
                 answers.append(answer)
-        if self.other_hosts is not None:
-            answers.extend(await self.other_hosts(request))
+        answers.extend(host_answers)
+        failures.extend(host_failures)
         combined = await self._combine(request, answers)
         if failures:
             raise GatherError("; ".join(failures), combined)
