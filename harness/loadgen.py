@@ -174,6 +174,9 @@ class ClientProcess:
                         use_aiofastnet=False,
                         websocket_handshake_timeout=30,
                     )
+                    if listener is None:  # picows gave no listener: the connection ended in the handshake
+                        failures["closed during the handshake"] += 1
+                        continue
                     if listener.connected is not None:
                         await asyncio.wait_for(listener.connected, 30)
                 except (TimeoutError, OSError, RuntimeError) as exc:

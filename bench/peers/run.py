@@ -7,7 +7,10 @@ Workloads, with N subscribers each on the shared channel and on its own `user:<i
   1. burst: M messages of P bytes back to back (one publish_batch) -> deliveries/s, server CPU
      per delivery (all the peer's processes, Redis included);
   2. paced: R messages/s for S seconds, for each rate -> publish-to-receive latency p50/p99/max;
-  3. targeted: K messages to every user channel (publish_batch of 1000) -> messages/s.
+  3. targeted: K messages to every user channel (publish_batch of 1000) -> messages/s;
+  4. handshakes: H fresh connections opened at once by a second load generator (no subscriptions)
+     -> handshakes/s and server CPU per handshake.
+`--workloads` picks some of them (default all), `--peers` some peers, to keep a run short.
 Writes peers-<tag>.json and peers-<tag>.md (wsd/peer ratios from the same run) under --out.
 
     flock /tmp/wsd-bench.lock .venv/bin/python -m bench.peers.run --setup --tag 2core-10k
@@ -37,14 +40,22 @@ import psutil
 
 from bench.measure import RESULTS_DIR, CpuSampler, command_line, machine_info, percentile, spread
 from harness.listener import user_channel
-from harness.loadgen import PHASE_GRACE_SECONDS, LoadGenerator, merge_phase, phase_latencies_us
+from harness.loadgen import (
+    CONNECTIONS_PER_SOURCE_ADDRESS,
+    PHASE_GRACE_SECONDS,
+    LoadGenerator,
+    merge_phase,
+    phase_latencies_us,
+)
 from harness.net import free_port
 from harness.publisher import Publisher
 from harness.wsd_process import WsdProcess
 
 PEERS_DIR = Path(__file__).resolve().parent
 ALL_PEERS = ["wsd", "node_ws", "socketio", "websockets"]
+ALL_WORKLOADS = ["burst", "paced", "targeted", "handshakes"]
 TARGETED_BATCH = 1000  # wsd's publish_batch limit
+HANDSHAKE_FIRST_ADDRESS = 100  # the handshake rounds connect from 127.0.0.100, .101, ...
 WEBSOCKETS_VERSION = "17.4"
 
 
@@ -301,6 +312,57 @@ def run_targeted(args: argparse.Namespace, load: LoadGenerator, publisher: Publi
     }
 
 
+def run_handshakes(args: argparse.Namespace, peer: RunningPeer, cpu: CpuSampler) -> dict:
+    """Open `--handshakes` connections at once from a fresh load generator (every process at once,
+    CONNECT_CONCURRENCY in flight each), without subscribing: handshakes/s over the connect phase
+    and the peer's CPU per handshake; closed again after each round."""
+    rounds = []
+    per_round = -(-args.handshakes // CONNECTIONS_PER_SOURCE_ADDRESS)
+    for number in range(args.handshake_rounds):
+        # Source addresses of their own, fresh each round: the subscribers' addresses hold their
+        # ports, and each round's closes leave TIME_WAIT sockets behind.
+        first = HANDSHAKE_FIRST_ADDRESS + number * per_round
+        addresses = [f"127.0.0.{first + i}" for i in range(per_round)]
+        load = LoadGenerator(peer.urls, args.client_processes, args.handshakes, socketio=peer.socketio,
+                             fast=args.listener == "cython", addresses=addresses)  # fmt: skip
+        try:
+            client_cpu = CpuSampler({f"client:{p.pid}": psutil.Process(p.pid) for p in load.processes})
+            cpu.start()
+            client_cpu.start()
+            started = time.monotonic()
+            replies = load.request("connect", [{"count": n, "first_index": sum(load.per_process[:i])}
+                                               for i, n in enumerate(load.per_process)])  # fmt: skip
+            seconds = time.monotonic() - started
+            busy = cpu.stop()
+            client_busy = client_cpu.stop()
+        finally:
+            load.close()
+        connected = sum(r["connected"] for r in replies)
+        server_seconds = sum(p["cpu_seconds"] for p in busy.values())
+        client_seconds = sum(p["cpu_seconds"] for p in client_busy.values())
+        rounds.append(
+            {
+                "connected": connected,
+                "failed": sum(r["failed"] for r in replies),
+                "seconds": seconds,
+                "handshakes_per_second": connected / seconds,
+                "server_cpu_us_per_handshake": server_seconds / max(1, connected) * 1e6,
+                "load_generator_cpu_us_per_handshake": client_seconds / max(1, connected) * 1e6,
+                "server_busy": sum(p["busy"] for p in busy.values()),
+                "load_generator_busy": sum(p["busy"] for p in client_busy.values()),
+            }
+        )
+        time.sleep(1.0)  # let the server see the closes before the next round
+    return {
+        "connections": args.handshakes,
+        "handshakes_per_second": spread([r["handshakes_per_second"] for r in rounds]),
+        "server_cpu_us_per_handshake": spread([r["server_cpu_us_per_handshake"] for r in rounds]),
+        "load_generator_cpu_us_per_handshake": spread([r["load_generator_cpu_us_per_handshake"] for r in rounds]),
+        "failed": sum(r["failed"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
 def _totals(rounds: list[dict]) -> dict[str, int]:
     keys = ("deliveries", "expected_deliveries", "missing", "extra", "out_of_order", "wrong_first_offset")
     return {key: sum(r[key] for r in rounds) for key in keys}
@@ -320,22 +382,22 @@ def run_peer(args: argparse.Namespace, name: str) -> dict[str, Any]:
         connect = load.connect_all()
         cpu = CpuSampler(peer.processes())
         publisher = Publisher(peer.api_port, args.payload_bytes)
-        burst = run_burst(args, load, publisher, cpu)
-        print(f"{name}: burst {burst['deliveries_per_second']['median']:,.0f} deliveries/s", file=sys.stderr)
-        paced = [run_paced(args, load, publisher, rate, cpu) for rate in args.rates]
-        print(f"{name}: paced p99 {[p['latency_us']['p99'] / 1000 for p in paced]} ms", file=sys.stderr)
-        targeted = run_targeted(args, load, publisher, cpu)
-        print(f"{name}: targeted {targeted['messages_per_second']['median']:,.0f} messages/s", file=sys.stderr)
-        rss = {key: p.memory_info().rss for key, p in peer.processes().items()}
-        return {
-            "version": peer.version,
-            "load_generator": f"picows, {load.listener_name}",
-            "connect": connect,
-            "burst": burst,
-            "paced": paced,
-            "targeted": targeted,
-            "server_rss_bytes": rss,
-        }
+        result: dict[str, Any] = {"version": peer.version, "load_generator": f"picows, {load.listener_name}",
+                                  "connect": connect}  # fmt: skip
+        if "burst" in args.workloads:
+            burst = result["burst"] = run_burst(args, load, publisher, cpu)
+            print(f"{name}: burst {burst['deliveries_per_second']['median']:,.0f} deliveries/s", file=sys.stderr)
+        if "paced" in args.workloads:
+            paced = result["paced"] = [run_paced(args, load, publisher, rate, cpu) for rate in args.rates]
+            print(f"{name}: paced p99 {[p['latency_us']['p99'] / 1000 for p in paced]} ms", file=sys.stderr)
+        if "targeted" in args.workloads:
+            targeted = result["targeted"] = run_targeted(args, load, publisher, cpu)
+            print(f"{name}: targeted {targeted['messages_per_second']['median']:,.0f} messages/s", file=sys.stderr)
+        if "handshakes" in args.workloads:
+            handshakes = result["handshakes"] = run_handshakes(args, peer, cpu)
+            print(f"{name}: handshakes {handshakes['handshakes_per_second']['median']:,.0f}/s", file=sys.stderr)
+        result["server_rss_bytes"] = {key: p.memory_info().rss for key, p in peer.processes().items()}
+        return result
     finally:
         if load is not None:
             load.close()
@@ -351,15 +413,8 @@ def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}×" if theirs else "-"
 
 
-def markdown_report(report: dict[str, Any]) -> str:
-    params, results = report["parameters"], report["results"]
-    measured = {name: r for name, r in results.items() if "error" not in r}
-    wsd = measured.get("wsd")
+def burst_section(params: dict, measured: dict, wsd: dict | None) -> list[str]:
     lines = [
-        f"# Fan-out against the peers: {params['tag']}",
-        "",
-        f"{params['subscribers']:,} subscribers, {params['client_processes']} load-generator processes (picows), "
-        f"{params['workers']} server processes where the peer has several. Ratios are wsd / peer from this run.",
         "",
         f"## 1. Burst: {params['messages']} messages of {params['payload_bytes']} bytes back to back "
         f"(median of {params['rounds']})",
@@ -378,7 +433,11 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| {b['deliveries']:,}/{b['expected_deliveries']:,}, {b['out_of_order']} out of order "
             f"| {_ratio(wsd['burst']['deliveries_per_second']['median'], rate['median']) if wsd else '-'} |"
         )
-    lines += [
+    return lines
+
+
+def paced_section(params: dict, measured: dict, wsd: dict | None) -> list[str]:
+    lines = [
         "",
         f"## 2. Paced: publish-to-receive latency over {params['paced_seconds']:g} s",
         "",
@@ -396,7 +455,11 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"| {p['deliveries']:,}/{p['expected_deliveries']:,} "
                 f"| {_ratio(ours, latency['p99']) if wsd else '-'} |"
             )
-    lines += [
+    return lines
+
+
+def targeted_section(params: dict, measured: dict, wsd: dict | None) -> list[str]:
+    lines = [
         "",
         f"## 3. Targeted: {params['targeted_messages']} messages to each subscriber's own channel "
         f"(publish_batch of {TARGETED_BATCH}; median of {params['targeted_rounds']})",
@@ -413,6 +476,51 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| {t['deliveries']:,}/{t['expected_deliveries']:,}, {t['out_of_order']} out of order "
             f"| {_ratio(wsd['targeted']['messages_per_second']['median'], rate['median']) if wsd else '-'} |"
         )
+    return lines
+
+
+def handshakes_section(params: dict, measured: dict, wsd: dict | None) -> list[str]:
+    lines = [
+        "",
+        f"## 4. Handshakes: {params['handshakes']:,} new connections at once from {params['client_processes']} "
+        f"load-generator processes (median of {params['handshake_rounds']})",
+        "",
+        "| peer | handshakes/s (min-max) | server CPU µs/handshake | load gen CPU µs/handshake | failed | wsd/peer |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in measured.items():
+        h = r["handshakes"]
+        rate = h["handshakes_per_second"]
+        lines.append(
+            f"| {name} | {rate['median']:,.0f} ({rate['min']:,.0f}-{rate['max']:,.0f}) "
+            f"| {h['server_cpu_us_per_handshake']['median']:.1f} "
+            f"| {h['load_generator_cpu_us_per_handshake']['median']:.1f} "
+            f"| {h['failed']} "
+            f"| {_ratio(wsd['handshakes']['handshakes_per_second']['median'], rate['median']) if wsd else '-'} |"
+        )
+    return lines
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    params, results = report["parameters"], report["results"]
+    measured = {name: r for name, r in results.items() if "error" not in r}
+    wsd = measured.get("wsd")
+    lines = [
+        f"# Fan-out against the peers: {params['tag']}",
+        "",
+        f"{params['subscribers']:,} subscribers, {params['client_processes']} load-generator processes (picows), "
+        f"{params['workers']} server processes where the peer has several. Ratios are wsd / peer from this run.",
+    ]
+    workloads = params.get("workloads", ALL_WORKLOADS)
+    wsd = wsd if wsd and all(w in wsd for w in workloads) else None
+    if "burst" in workloads:
+        lines += burst_section(params, measured, wsd)
+    if "paced" in workloads:
+        lines += paced_section(params, measured, wsd)
+    if "targeted" in workloads:
+        lines += targeted_section(params, measured, wsd)
+    if "handshakes" in workloads:
+        lines += handshakes_section(params, measured, wsd)
     lines += ["", "## Peers", ""]
     for name, r in results.items():
         lines.append(f"- {name}: {r.get('version', '')} {('— FAILED: ' + r['error']) if 'error' in r else ''}".rstrip())
@@ -442,22 +550,33 @@ def write_plot(report: dict[str, Any], path: Path) -> bool:
         return False
     measured = {name: r for name, r in report["results"].items() if "error" not in r}
     names = list(measured)
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].bar(names, [measured[n]["burst"]["deliveries_per_second"]["median"] for n in names])
-    axes[0].set_title("1. burst: deliveries/s (higher is better)")
-    axes[0].set_yscale("log")
-    rates = report["parameters"]["rates"]
-    width = 0.8 / max(1, len(rates))
-    for index, rate in enumerate(rates):
-        positions = [i + index * width for i in range(len(names))]
-        values = [measured[n]["paced"][index]["latency_us"]["p99"] / 1000 for n in names]
-        axes[1].bar(positions, values, width, label=f"{rate:g} msg/s")
-    axes[1].set_xticks([i + width * (len(rates) - 1) / 2 for i in range(len(names))], names)
-    axes[1].set_title("2. paced: p99 latency, ms (lower is better)")
-    axes[1].set_yscale("log")
-    axes[1].legend()
-    axes[2].bar(names, [measured[n]["targeted"]["messages_per_second"]["median"] for n in names])
-    axes[2].set_title("3. targeted: messages/s (higher is better)")
+    wanted = report["parameters"].get("workloads", ALL_WORKLOADS)
+    workloads = [w for w in wanted if all(w in measured[n] for n in names)]
+    if not names or not workloads:
+        return False
+    figure, axes = plt.subplots(1, len(workloads), figsize=(4.7 * len(workloads), 4), squeeze=False)
+    axes = dict(zip(workloads, axes[0], strict=True))
+    if "burst" in axes:
+        axes["burst"].bar(names, [measured[n]["burst"]["deliveries_per_second"]["median"] for n in names])
+        axes["burst"].set_title("burst: deliveries/s (higher is better)")
+        axes["burst"].set_yscale("log")
+    if "paced" in axes:
+        rates = report["parameters"]["rates"]
+        width = 0.8 / max(1, len(rates))
+        for index, rate in enumerate(rates):
+            positions = [i + index * width for i in range(len(names))]
+            values = [measured[n]["paced"][index]["latency_us"]["p99"] / 1000 for n in names]
+            axes["paced"].bar(positions, values, width, label=f"{rate:g} msg/s")
+        axes["paced"].set_xticks([i + width * (len(rates) - 1) / 2 for i in range(len(names))], names)
+        axes["paced"].set_title("paced: p99 latency, ms (lower is better)")
+        axes["paced"].set_yscale("log")
+        axes["paced"].legend()
+    if "targeted" in axes:
+        axes["targeted"].bar(names, [measured[n]["targeted"]["messages_per_second"]["median"] for n in names])
+        axes["targeted"].set_title("targeted: messages/s (higher is better)")
+    if "handshakes" in axes:
+        axes["handshakes"].bar(names, [measured[n]["handshakes"]["handshakes_per_second"]["median"] for n in names])
+        axes["handshakes"].set_title("handshakes/s (higher is better)")
     figure.suptitle(f"{report['parameters']['subscribers']:,} subscribers, {report['machine']['nproc']} CPUs, same run")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
@@ -479,6 +598,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--targeted-messages", type=int, default=5, help="per subscriber per round (default 5)")
     parser.add_argument("--targeted-rounds", type=int, default=3)
+    parser.add_argument("--handshakes", type=int, default=10000, help="connections per handshake round (default 10000)")
+    parser.add_argument("--handshake-rounds", type=int, default=3)
+    parser.add_argument(
+        "--workloads", default=",".join(ALL_WORKLOADS), help=f"comma-separated (default {','.join(ALL_WORKLOADS)})"
+    )
     parser.add_argument(
         "--listener", choices=("cython", "python"), default="cython",
         help="the load generator's listener: harness/fastlisten.pyx (default) or its Python reference",
@@ -488,6 +612,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.rates = [float(r) for r in args.rates.split(",")]
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown_workloads = set(args.workloads) - set(ALL_WORKLOADS)
+    if unknown_workloads:
+        parser.error(f"unknown workloads {sorted(unknown_workloads)}; known: {', '.join(ALL_WORKLOADS)}")
     unknown = set(args.peers) - set(ALL_PEERS)
     if unknown:
         parser.error(f"unknown peers {sorted(unknown)}; known: {', '.join(ALL_PEERS)}")
@@ -532,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         for phase in [result.get("burst"), result.get("targeted"), *result.get("paced", [])]:
             if phase and (phase["missing"] or phase["out_of_order"]):
                 failed = True
+        if result.get("handshakes", {}).get("failed"):
+            failed = True
     return 1 if failed else 0
 
 
