@@ -44,6 +44,15 @@ cdef class InterestMap:
         """True if the bucket of `chan_hash` is marked (may be a false positive: buckets are shared)."""
         return wsd_load_acquire_u8(self._buckets + chan_hash % self.buckets) != 0
 
+    def test_any(self, chan_hashes) -> bool:
+        """True if the bucket of any of `chan_hashes` (an iterable of hashes) is marked: one call for
+        a whole batch of published channels."""
+        cdef uint64_t chan_hash
+        for chan_hash in chan_hashes:
+            if wsd_load_acquire_u8(self._buckets + chan_hash % self.buckets) != 0:
+                return True
+        return False
+
     def clear_all(self) -> None:
         """Clear every bucket (a respawned worker starts with no subscribers)."""
         memset(self._buckets, 0, self.buckets)

@@ -36,6 +36,10 @@ class InterestMap:
         """True if the bucket of `chan_hash` is marked (may be a false positive: buckets are shared)."""
         return self._view[self._offset + chan_hash % self.buckets] != 0
 
+    def test_any(self, chan_hashes) -> bool:
+        """True if the bucket of any of `chan_hashes` (an iterable of hashes) is marked."""
+        return any(self.test(chan_hash) for chan_hash in chan_hashes)
+
     def clear_all(self) -> None:
         """Clear every bucket (a respawned worker starts with no subscribers)."""
         self._view[self._offset : self._offset + self.buckets] = bytes(self.buckets)

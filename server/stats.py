@@ -201,9 +201,9 @@ class WorkerCounters:
         auth `unauthorized`, `origin`, `rate_limited`)."""
         self.counts[HANDSHAKE_INDEX[result]] += 1
 
-    def published(self, source: str) -> None:
-        """One message put on the bus: from a `client`, the `api`, or another host (`cluster`)."""
-        self.counts[PUBLISHED_INDEX[source]] += 1
+    def published(self, source: str, count: int = 1) -> None:
+        """Messages put on the bus: from a `client`, the `api`, or another host (`cluster`)."""
+        self.counts[PUBLISHED_INDEX[source]] += count
 
     def disconnect(self, code: int | None) -> None:
         self.counts[disconnect_index(code)] += 1

@@ -65,6 +65,21 @@ class Publisher(Protocol):
         ...
 
 
+class BatchPublisher(Publisher, Protocol):
+    """A publisher that also takes a whole batch in one call (the shared-memory bus: one fence, one
+    interest scan, one doorbell and one future for the batch instead of one per message)."""
+
+    def publish_batch(
+        self, messages: list[tuple[str, bytes]]
+    ) -> tuple[list[int], Awaitable[list[int]] | None, tuple[int, Exception] | None] | None:
+        """Publish every (channel, data_json) in order: (offsets, waiting, failure), or None to have
+        them published one by one instead. `offsets` has one entry per item published, 0 for one
+        whose offset is not known yet; `waiting` (if some are not) resolves to the full list, or
+        fails, leaving in `offsets` the ones that came in; `failure` is (index, error) of the item
+        that could not be published (nothing after it was)."""
+        ...
+
+
 # --- Body validation (pure functions) -------------------------------------------------------------
 
 
@@ -165,6 +180,7 @@ class PublishEndpoints:
         if max_data_size < 1:
             raise ValueError(f"max_data_size must be at least 1 byte, got {max_data_size}")
         self._publish = publisher.publish
+        self._publish_batch = getattr(publisher, "publish_batch", None)
         self.max_batch = max_batch
         self.max_data_size = max_data_size
 
@@ -195,6 +211,19 @@ class PublishEndpoints:
     def publish_batch(self, request: Request) -> Response | Awaitable[Response]:
         check_json_content_type(request.content_type)
         messages = parse_publish_batch_body(request.body, self.max_batch, self.max_data_size)
+        if self._publish_batch is not None:
+            try:
+                outcome = self._publish_batch(messages)
+            except Exception as error:
+                logger.exception("publish API: publishing a batch of %d failed", len(messages))
+                raise ApiError(500, f"internal error: {error!r}") from None
+            if outcome is not None:
+                offsets, waiting, failure = outcome
+                if waiting is not None:
+                    return self._await_batch(messages, offsets, waiting, failure)
+                if failure is not None:
+                    return _batch_failure(offsets, failure[0], messages[failure[0]][0], failure[1], later_sent=False)
+                return json_response(200, {"offsets": offsets})
         # Start every item before awaiting any: awaiting each in turn would cost one bus round trip per
         # item when another worker sequences the channel. Items start in batch order, so a channel's
         # offsets follow it.
@@ -219,6 +248,25 @@ class PublishEndpoints:
                 return _batch_failure(started, *failure, later_sent=False)  # type: ignore[arg-type]
             return json_response(200, {"offsets": started})
         return self._await_started(messages, started, failure)
+
+    async def _await_batch(
+        self,
+        messages: list[tuple[str, bytes]],
+        offsets: list[int],
+        waiting: Awaitable[list[int]],
+        failure: tuple[int, Exception] | None,
+    ) -> Response:
+        """A batch published in one call, some of whose offsets another worker gives."""
+        try:
+            offsets = await waiting
+        except Exception as error:
+            # The first item without its offset is the one that failed; those after it may have
+            # been published or not.
+            index = offsets.index(0) if 0 in offsets else 0
+            return _batch_failure(offsets[:index], index, messages[index][0], error, later_sent=True)
+        if failure is not None:
+            return _batch_failure(offsets, failure[0], messages[failure[0]][0], failure[1], later_sent=False)
+        return json_response(200, {"offsets": offsets})
 
     async def _publish_rest(
         self,

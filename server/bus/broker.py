@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from wsd.server.bus.doorbell import Doorbells
-from wsd.server.bus.engine import BusEngine, BusError, MessageTooLarge
+from wsd.server.bus.engine import BatchPublishError, BusEngine, BusError, MessageTooLarge
 from wsd.server.bus.segment import Segment
 from wsd.server.bus.status import HorizonWatch, ring_horizon_s
 from wsd.server.bus.tick import Periodic
@@ -27,6 +27,28 @@ log = logging.getLogger("wsd.bus")
 PUBLISH_TIMEOUT_S = 5.0
 TICK_S = 0.05  # bus poll fallback: covers a doorbell lost while a writer was restarting
 HORIZON_CHECK_S = 0.5
+
+
+class BatchWait:
+    """The items of one publish_batch that another worker sequences: their offsets come in as
+    acknowledgements; the future resolves to the batch's offsets once the last one has."""
+
+    __slots__ = ("future", "offsets", "remaining", "timer")
+
+    def __init__(self, future: asyncio.Future, offsets: list[int], remaining: int):
+        self.future = future
+        self.offsets = offsets
+        self.remaining = remaining
+        self.timer: asyncio.TimerHandle | None = None
+
+    def acknowledge(self, index: int, offset: int) -> None:
+        self.offsets[index] = offset
+        self.remaining -= 1
+        if self.remaining == 0:
+            if self.timer is not None:
+                self.timer.cancel()
+            if not self.future.done():
+                self.future.set_result(self.offsets)
 
 
 class ShmBroker:
@@ -53,6 +75,8 @@ class ShmBroker:
         self.doorbells = Doorbells(doorbell_socket, doorbell_senders, segments)
         # token -> (future of the offset, its timeout)
         self.pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
+        # token -> (the batch waiting for it, its index in the batch): publish_batch's requests
+        self.batch_pending: dict[int, tuple[BatchWait, int]] = {}
         self.engine = BusEngine(
             bus_slot, segments, deliver, self._acknowledge, self.doorbells.ring, role=role, poll_done=deliveries_done
         )
@@ -97,6 +121,36 @@ class ShmBroker:
         self.pending[token] = (future, timer)
         return future
 
+    def publish_batch(
+        self, items: list[tuple[str, bytes]], sender: bytes = b""
+    ) -> tuple[list[int], asyncio.Future | None, tuple[int, BrokerError] | None]:
+        """Publish every (channel, data_json) in order: (offsets, waiting, failure).
+
+        `offsets` has one entry per item published (0 for those another worker sequences);
+        `waiting`, when some are, resolves to the list with every offset once they are all
+        acknowledged (or fails with BrokerError after PUBLISH_TIMEOUT_S): one future and one timer
+        for the batch, not one per item. `failure` is (index, error) of the item that could not be
+        published; the items after it were not."""
+        failure: tuple[int, BrokerError] | None = None
+        try:
+            results = self.engine.publish_batch(items, sender)
+        except BatchPublishError as exc:
+            results = exc.results
+            too_large = isinstance(exc.error, MessageTooLarge)
+            failure = (exc.index, BrokerError(str(exc.error), status=413 if too_large else 503))
+        if results:
+            self._schedule_poll()
+        offsets = [offset for offset, _token in results]
+        tokens = [(index, token) for index, (_offset, token) in enumerate(results) if token]
+        if not tokens:
+            return offsets, None, failure
+        batch = BatchWait(self.loop.create_future(), offsets, len(tokens))
+        batch.timer = self.loop.call_later(PUBLISH_TIMEOUT_S, self._batch_timed_out, batch, [t for _, t in tokens])
+        pending = self.batch_pending
+        for index, token in tokens:
+            pending[token] = (batch, index)
+        return offsets, batch.future, failure
+
     def subscribe(self, channel: str) -> StreamPosition:
         epoch, offset = self.engine.subscribe(channel)
         return StreamPosition(offset, epoch)
@@ -124,6 +178,9 @@ class ShmBroker:
     def _acknowledge(self, token: int, offset: int) -> None:
         entry = self.pending.pop(token, None)
         if entry is None:
+            waiting = self.batch_pending.pop(token, None)
+            if waiting is not None:
+                waiting[0].acknowledge(waiting[1], offset)
             return
         future, timer = entry
         timer.cancel()
@@ -138,6 +195,15 @@ class ShmBroker:
         entry[0].set_exception(
             BrokerError(f"timed out after {PUBLISH_TIMEOUT_S:g}s waiting for the channel's owner worker")
         )
+
+    def _batch_timed_out(self, batch: BatchWait, tokens: list[int]) -> None:
+        for token in tokens:
+            if self.batch_pending.pop(token, None) is not None:
+                self.engine.forget_token(token)
+        if not batch.future.done():
+            batch.future.set_exception(
+                BrokerError(f"timed out after {PUBLISH_TIMEOUT_S:g}s waiting for the channel's owner worker")
+            )
 
     # -- when to read the rings --
 

@@ -83,6 +83,17 @@ class MessageTooLarge(BusError):
     """A publish whose message would not fit one ring entry (checked before anything is written)."""
 
 
+class BatchPublishError(BusError):
+    """Item `index` of a batch could not be published (`error`); `results` are the items before it,
+    which were."""
+
+    def __init__(self, index: int, results: list[tuple[int, int]], error: BusError):
+        super().__init__(str(error))
+        self.index = index
+        self.results = results
+        self.error = error
+
+
 # Tags from this one up are other layers' records, handed to on_record (wsd.server.cluster.records).
 FIRST_OTHER_TAG = 16
 
@@ -281,8 +292,7 @@ class BusEngine:
         for slot, segment in enumerate(self.segments):
             if slot == self.bus_slot or slot in self._to_ring:
                 continue
-            interest = segment.interest
-            if any(interest.test(h) for h in chan_hashes):
+            if segment.interest.test_any(chan_hashes):
                 self._to_ring.add(slot)
         self._flush_doorbells()
 
@@ -319,27 +329,58 @@ class BusEngine:
 
         Raises MessageTooLarge (nothing written) if the message cannot travel on the bus, BusError
         if the channel table has no room for a new channel."""
-        name = channel.encode()
-        self._check_size(name, data_json, sender)
-        h1, h2 = self.hash(name)
-        role = h1 % self.roles
+        try:
+            return self.publish_batch([(channel, data_json)], sender)[0]
+        except BatchPublishError as exc:
+            raise exc.error from None
+
+    def publish_batch(self, items: list[tuple[str, bytes]], sender: bytes = b"") -> list[tuple[int, int]]:
+        """Publish every (channel, data_json) in order, as `publish` does each; returns their
+        (offset, 0) or (0, token).
+
+        The wake-ups are the batch's, not each item's: one fence and one interest scan for the
+        items sequenced here, one doorbell per role holder for the requests, after the last item.
+        An item that cannot be published raises BatchPublishError with its index, the results of
+        the items before it (published) and the error; nothing after it is written."""
+        results: list[tuple[int, int]] = []
+        sequenced: set[int] = set()
+        requested: set[int] = set()  # roles we appended requests for
+        own_ring = self.own.ring
+        own_role = self.role
+        roles = self.roles
+        hash_name = self.hash
+        origin = self.bus_slot
         now = time.time_ns()
-        if role == self.role:
-            try:
-                offset = self._sequence(h1, h2, name, data_json, NO_SLOT, 0, now, sender)
-            except TableFullError as exc:
-                raise BusError(f"cannot publish to {channel!r}: {exc}") from None
-            self._ring_interested({h1})
-            return offset, 0
-        self._token_counter += 1
-        token = self._token_prefix | self._token_counter
-        self.pending_tokens.add(token)
-        request = encode_pubreq(role, self.bus_slot, token, now, h1, name, data_json, sender)
-        self.own.ring.append(TAG_PUBREQ, request)
-        holder = self.segments[role].role_holder()
-        if holder is not None:
-            self.ring_doorbell(holder)  # with no holder (a hand-over), the next one polls at once
-        return 0, token
+        try:
+            for channel, data_json in items:
+                name = channel.encode()
+                self._check_size(name, data_json, sender)
+                h1, h2 = hash_name(name)
+                role = h1 % roles
+                if role == own_role:
+                    try:
+                        offset = self._sequence(h1, h2, name, data_json, NO_SLOT, 0, now, sender)
+                    except TableFullError as exc:
+                        raise BusError(f"cannot publish to {channel!r}: {exc}") from None
+                    sequenced.add(h1)
+                    results.append((offset, 0))
+                    continue
+                self._token_counter += 1
+                token = self._token_prefix | self._token_counter
+                self.pending_tokens.add(token)
+                own_ring.append(TAG_PUBREQ, encode_pubreq(role, origin, token, now, h1, name, data_json, sender))
+                requested.add(role)
+                results.append((0, token))
+        except BusError as exc:
+            raise BatchPublishError(len(results), results, exc) from None
+        finally:
+            if sequenced:
+                self._ring_interested(sequenced)
+            for role in requested:
+                holder = self.segments[role].role_holder()
+                if holder is not None:
+                    self.ring_doorbell(holder)  # with no holder (a hand-over), the next one polls at once
+        return results
 
     def forget_token(self, token: int) -> None:
         self.pending_tokens.discard(token)

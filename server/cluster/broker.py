@@ -69,6 +69,10 @@ class _Asking:
 
 
 class ClusterBroker(ShmBroker):
+    # A batch goes through Redis item by item (each publish is a round trip there): not the
+    # shared-memory bus's one-call batch.
+    publish_batch = None
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,

@@ -327,6 +327,19 @@ class Node:
             return outcome
         return asyncio.ensure_future(outcome)
 
+    def publish_batch_api(
+        self, items: list[tuple[str, bytes]]
+    ) -> tuple[list[int], asyncio.Future | None, tuple[int, BrokerError] | None] | None:
+        """The publish API's batch in one call to the broker, when it takes batches (the
+        shared-memory bus): see ShmBroker.publish_batch for what it returns. None when the broker
+        does not; the caller publishes item by item then."""
+        publish_batch = getattr(self.broker, "publish_batch", None)
+        if publish_batch is None:
+            return None
+        outcome = publish_batch(items)
+        self.counters.published("api", len(outcome[0]))
+        return outcome
+
     # -- the server API, for this worker's sessions (wsd.server.worker.server_api gathers workers) --
 
     def disconnect_user(self, user: str) -> int:

@@ -564,3 +564,77 @@ def test_routes_say_which_headers_their_handlers_read() -> None:
     router.add("GET", "/metrics", lambda request: json_response(200, {}), headers=["Accept"])
     router.add("GET", "/other", lambda request: json_response(200, {}), headers="X-Request-Id")
     assert router.kept_headers == {b"accept", b"x-request-id"}
+
+
+class BatchPublisher(Publisher):
+    """A publisher that takes a batch in one call, as the shared-memory bus does: items on channels
+    starting with "r" are answered later (another worker), through one future for the batch."""
+
+    def __init__(self, fail_at: int | None = None, time_out: bool = False) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.time_out = time_out
+        self.batches = 0
+
+    def publish_batch(self, messages):
+        self.batches += 1
+        offsets, later = [], []
+        for index, (channel, data_json) in enumerate(messages):
+            if index == self.fail_at:
+                return offsets, self._settle(offsets, later), (index, PublishError(413, "too large"))
+            offset = self._sequence(channel, data_json) + 1  # the bus's offsets start at 1; 0 is "not yet"
+            offsets.append(0 if channel.startswith("r") else offset)
+            if channel.startswith("r"):
+                later.append((index, offset))
+        return offsets, self._settle(offsets, later), None
+
+    def _settle(self, offsets, later):
+        if not later:
+            return None
+        future = asyncio.get_running_loop().create_future()
+
+        def answer() -> None:
+            for index, offset in later[: 1 if self.time_out else None]:
+                offsets[index] = offset
+            if self.time_out:
+                future.set_exception(PublishError(503, "timed out waiting for the channel's owner worker"))
+            else:
+                future.set_result(offsets)
+
+        asyncio.get_running_loop().call_soon(answer)
+        return future
+
+
+def test_a_batch_publisher_gets_the_whole_batch_in_one_call_and_its_offsets_are_answered() -> None:
+    async def main() -> None:
+        publisher = BatchPublisher()
+        batch = [{"channel": ch, "data": i} for i, ch in enumerate(["a", "r1", "a", "r1", "b"])]
+        response = await answer(publish_api(publisher), post_json("/api/publish_batch", batch))
+        assert response.status == 200 and publisher.batches == 1
+        assert json.loads(response.body) == {"offsets": [1, 1, 2, 2, 1]}
+
+    asyncio.run(main())
+
+
+def test_a_batch_publisher_failing_an_item_answers_what_was_published_before_it() -> None:
+    async def main() -> None:
+        batch = [{"channel": ch, "data": i} for i, ch in enumerate(["a", "r1", "a", "b"])]
+        response = await answer(publish_api(BatchPublisher(fail_at=2)), post_json("/api/publish_batch", batch))
+        assert response.status == 413
+        body = json.loads(response.body)
+        assert body["offsets"] == [1, 1] and "batch item 2" in body["error"]
+        assert "item 2 and later were not" in body["error"]
+
+    asyncio.run(main())
+
+
+def test_a_batch_whose_other_worker_times_out_names_the_first_item_without_an_offset() -> None:
+    async def main() -> None:
+        batch = [{"channel": ch, "data": i} for i, ch in enumerate(["a", "r1", "r2", "b"])]
+        response = await answer(publish_api(BatchPublisher(time_out=True)), post_json("/api/publish_batch", batch))
+        assert response.status == 503
+        body = json.loads(response.body)
+        assert body["offsets"] == [1, 1] and "batch item 2 (channel 'r2')" in body["error"]
+        assert "may or may not have been published" in body["error"]
+
+    asyncio.run(main())

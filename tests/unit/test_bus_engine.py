@@ -483,3 +483,40 @@ def test_requests_a_killed_holder_sequenced_are_not_sequenced_again_by_the_next(
     assert [(off, data) for _, off, data in c.delivered[1]] == [(n + 1, str(n).encode()) for n in range(5)]
     assert [c.acks[1][t] for t in tokens] == [1, 2, 3, 4, 5]
     assert successor.publish(channel, b"5") == (6, 0)
+
+
+# -- publish_batch: one call for a batch, the same offsets as item by item --
+
+
+def test_a_batch_is_sequenced_in_order_with_one_wake_up_per_slot(cluster):
+    c = cluster(2)
+    own = [c.channel_owned_by(0, f"own{i}-") for i in range(3)]
+    other = [c.channel_owned_by(1, f"other{i}-") for i in range(3)]
+    for channel in own + other:
+        c.engines[1].subscribe(channel)
+    items = [(channel, str(n).encode()) for n in range(2) for channel in own + other]
+    results = c.engines[0].publish_batch(items)
+    # Ours sequenced at once, in batch order; the other role's as requests with tokens.
+    assert [offset for offset, _ in results] == [1, 1, 1, 0, 0, 0, 2, 2, 2, 0, 0, 0]
+    tokens = [token for _, token in results if token]
+    assert len(set(tokens)) == 6 and all(token == 0 for _, token in results[:3])
+    assert sorted(c.doorbells) == [1, 1], "one wake-up for the subscriber, one for the other role's holder"
+    c.poll_all()
+    assert c.acks[0] == dict(zip(tokens, [1, 1, 1, 2, 2, 2], strict=True))
+    for channel in own + other:
+        assert [(o, d) for ch, o, d in c.delivered[1] if ch == channel] == [(1, b"0"), (2, b"1")]
+
+
+def test_a_batch_item_that_cannot_be_published_stops_the_batch_there(cluster):
+    from wsd.server.bus.engine import BatchPublishError, MessageTooLarge
+
+    c = cluster(2, ring_capacity=1 << 14)
+    channel, remote = c.channel_owned_by(0), c.channel_owned_by(1)
+    too_large = b"1" * c.segments[0].ring.max_payload
+    with pytest.raises(BatchPublishError) as caught:
+        c.engines[0].publish_batch([(channel, b"1"), (remote, b"2"), (channel, too_large), (channel, b"3")])
+    assert caught.value.index == 2 and isinstance(caught.value.error, MessageTooLarge)
+    assert [offset for offset, _ in caught.value.results] == [1, 0] and caught.value.results[1][1] != 0
+    c.engines[1].subscribe(channel)
+    c.poll_all()
+    assert c.engines[0].publish(channel, b"4") == (2, 0), "nothing after the failing item was sequenced"

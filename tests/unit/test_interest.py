@@ -45,3 +45,12 @@ def test_cython_and_reference_share_the_layout():
 def test_map_that_does_not_fit_is_refused(InterestMap):
     with pytest.raises(ValueError, match="does not fit"):
         InterestMap(bytearray(100), 0, 65536)
+
+
+@pytest.mark.parametrize("InterestMap", IMPLEMENTATIONS, ids=["cython", "ref"])
+def test_any_of_a_batch_of_hashes_is_one_call(InterestMap):
+    interests = InterestMap(bytearray(InterestMap.region_size(1000)), 0, 1000)
+    assert not interests.test_any(set()) and not interests.test_any({1, 2, 3})
+    interests.mark(2002, True)
+    assert interests.test_any({1, 2, 3}) and interests.test_any([999, 2])  # 2 shares 2002's bucket
+    assert not interests.test_any((1, 3, 2**64 - 1))
