@@ -66,7 +66,9 @@ class AcceptGate:
 
     async def start(self) -> None:
         listener = socket.socket(fileno=os.dup(self.listen_socket.fileno()))
-        self.server = await create_peer_aware_server(self.loop, self.route, listener, **self.server_kwargs)
+        self.server = await create_peer_aware_server(
+            self.loop, self.route, listener, needs_peer=getattr(self.route, "needs_peer", True), **self.server_kwargs
+        )
         self.accepting = not self.closed
         if self.closed:  # closed while the server was starting
             self.close()
@@ -155,8 +157,11 @@ async def create_peer_aware_server(
     ssl: Any = None,
     websocket_handshake_timeout: float = 5.0,
     use_aiofastnet: bool = False,
+    needs_peer: bool = True,
 ) -> asyncio.Server:
-    """`picows.ws_create_server`, with `route(request, peer)` instead of `factory(request)`.
+    """`picows.ws_create_server`, with `route(request, peer)` instead of `factory(request)`; with
+    `needs_peer` false, `route(request)` (no peer address asked of the transport, no object per
+    connection for it: a handshake costs less).
 
     It builds picows's WSProtocol as ws_create_server does (picows 2.3), on uvloop's own
     create_server (not aiofastnet, which wsd does not use)."""
@@ -164,6 +169,17 @@ async def create_peer_aware_server(
         raise ValueError("wsd serves on uvloop's create_server, not aiofastnet")
     logger = _SharedLogger(_resolve_logger(None, "server"))
     shared = shared_read_buffer()
+
+    if not needs_peer:
+
+        def make_protocol() -> WSProtocol:
+            return WSProtocol(
+                None, None, False, route, logger, True, websocket_handshake_timeout,
+                False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
+                enable_auto_pong, max_frame_size, None, read_buffer_init_size,
+            )  # fmt: skip
+
+        return await loop.create_server(make_protocol, sock=sock, backlog=backlog, ssl=ssl)
 
     def make_protocol() -> WSProtocol:
         peer_route = _PeerAwareRoute(route)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -67,10 +68,14 @@ class WebSocketRoutes:
         self.address_limiter = address_limiter
         self.compression = compression
         self.compression_threshold = compression_threshold  # of the echo endpoint (the hub has its own)
+        # The peer's address is asked of each connection only for the per-address limit.
+        self.needs_peer = address_limiter is not None
         # The worker's slot in a response header: tests and operators see where a client landed.
         self._slot_header = {"X-Wsd-Worker": str(slot)}
-        # The 101 response's headers for each agreement (there are a handful: negotiate is cached).
-        self._deflate_headers: dict[Deflate, dict[str, str]] = {}
+        # The 101 response, made once, and one for each deflate agreement (there are a handful:
+        # negotiate is cached).
+        self._switching = SwitchingProtocols(self._slot_header)
+        self._deflate_switching: dict[Deflate, SwitchingProtocols] = {}
 
     def __call__(self, request: WSUpgradeRequest, peer: Any = None) -> Any:
         path = request.path.split(b"?", 1)[0]
@@ -124,17 +129,17 @@ class WebSocketRoutes:
 
     def _upgrade(self, request: WSUpgradeRequest, listener: Any, client_resets: bool) -> WSUpgradeResponseWithListener:
         """The 101 response for `listener`, with permessage-deflate if offered and on."""
-        headers = self._slot_header
+        response = self._switching
         if self.compression:
             offers = request.headers.getall(EXTENSIONS_HEADER, ())
             agreement = negotiate(tuple(offers), client_resets) if offers else None
             if agreement is not None:
                 listener.use_deflate(agreement)
-                headers = self._deflate_headers.get(agreement)
-                if headers is None:
-                    headers = {**self._slot_header, EXTENSIONS_HEADER: agreement.response}
-                    self._deflate_headers[agreement] = headers
-        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(headers), listener)
+                response = self._deflate_switching.get(agreement)
+                if response is None:
+                    response = SwitchingProtocols({**self._slot_header, EXTENSIONS_HEADER: agreement.response})
+                    self._deflate_switching[agreement] = response
+        return WSUpgradeResponseWithListener(response, listener)
 
     def _authorize(self, request: WSUpgradeRequest) -> Any:
         """The identity the handshake presents (None: it will send an auth message), or the refusal."""
@@ -164,6 +169,46 @@ class WebSocketRoutes:
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class _AcceptHeader:
+    """The headers of a SwitchingProtocols: picows sets the one that differs per connection."""
+
+    __slots__ = ("accept",)
+
+    def __init__(self) -> None:
+        self.accept = ""
+
+    def __setitem__(self, name: str, value: str) -> None:
+        if name != "Sec-WebSocket-Accept":
+            raise KeyError(f"a 101 response takes no {name!r} header after it is made")
+        self.accept = value
+
+
+class SwitchingProtocols(WSUpgradeResponse):
+    """The 101 response of every accepted `/ws` handshake of a worker, made once.
+
+    picows (2.3, WSTransport._send_http_handshake_response) sets the response's
+    `Sec-WebSocket-Accept` header and calls `to_bytes()` at once, in one synchronous step, then
+    keeps the object as `transport.response`. So one object serves every connection: its fixed
+    lines are encoded once, `to_bytes` appends the accept value just set, and no connection holds a
+    header dictionary of its own (picows's `create_101_response` made and kept one each)."""
+
+    __slots__ = ("head",)
+    shared = True  # one object for every connection (wsd.server.worker.ws_conformance keeps its headers)
+
+    def __init__(self, extra_headers: dict[str, str]):
+        self.version = b"HTTP/1.1"
+        self.status = HTTPStatus.SWITCHING_PROTOCOLS
+        self.headers = _AcceptHeader()
+        self.body = None
+        lines = [b"HTTP/1.1 101 Switching Protocols"]
+        lines += [f"{name}: {value}".encode() for name, value in extra_headers.items()]
+        lines += [b"Connection: upgrade", b"Upgrade: websocket", b"Sec-WebSocket-Accept: "]
+        self.head = b"\r\n".join(lines)
+
+    def to_bytes(self) -> bytearray:
+        return bytearray(b"%b%b\r\n\r\n" % (self.head, self.headers.accept.encode()))
 
 
 def _error(status: int, body: bytes, headers: dict[str, str]) -> WSUpgradeResponseWithListener:

@@ -449,7 +449,9 @@ class ConformingListener(WSListener):
             trim_transport(transport, _finished_future())
             return
         for message in (getattr(transport, "request", None), getattr(transport, "response", None)):
-            if message is not None:
+            # A response shared by every connection (wsd.server.worker.routes.SwitchingProtocols)
+            # holds no headers of this one, and its own must stay for the next handshake.
+            if message is not None and not getattr(message, "shared", False):
                 message.headers = _NO_HEADERS
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
