@@ -170,25 +170,15 @@ async def create_peer_aware_server(
     logger = _SharedLogger(_resolve_logger(None, "server"))
     shared = shared_read_buffer()
 
-    if not needs_peer:
-
-        def make_protocol() -> WSProtocol:
-            return WSProtocol(
-                None, None, False, route, logger, True, websocket_handshake_timeout,
-                False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
-                enable_auto_pong, max_frame_size, None, read_buffer_init_size,
-            )  # fmt: skip
-
-        return await loop.create_server(make_protocol, sock=sock, backlog=backlog, ssl=ssl)
-
     def make_protocol() -> WSProtocol:
-        peer_route = _PeerAwareRoute(route)
+        peer_route = _PeerAwareRoute(route) if needs_peer else None
         protocol = LeanWSProtocol(
-            None, None, False, peer_route, logger, True, websocket_handshake_timeout,
+            None, None, False, peer_route or route, logger, True, websocket_handshake_timeout,
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
             enable_auto_pong, max_frame_size, None, read_buffer_init_size, shared=shared,
         )  # fmt: skip
-        peer_route.protocol = protocol
+        if peer_route is not None:
+            peer_route.protocol = protocol
         return protocol
 
     return await loop.create_server(make_protocol, sock=sock, backlog=backlog, ssl=ssl)
