@@ -345,11 +345,17 @@ class ApiClient:
 
     async def post(self, path: str, body: object, timeout: float = 10.0) -> tuple[int, dict]:
         """(status, JSON body); reconnects once if the kept connection was closed."""
+        return await self.request("POST", path, json.dumps(body).encode(), timeout)
+
+    async def get(self, path: str, timeout: float = 10.0) -> tuple[int, dict]:
+        return await self.request("GET", path, None, timeout)
+
+    async def request(self, method: str, path: str, payload: bytes | None, timeout: float = 10.0) -> tuple[int, dict]:
         import asyncio
 
-        payload = json.dumps(body).encode()
-        request = (f"POST {path} HTTP/1.1\r\nHost: {self.ip}\r\nContent-Type: application/json\r\n"
-                   f"{self.authorization}Content-Length: {len(payload)}\r\n\r\n").encode() + payload  # fmt: skip
+        content = "" if payload is None else f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        request = (f"{method} {path} HTTP/1.1\r\nHost: {self.ip}\r\n{content}{self.authorization}\r\n").encode()
+        request += payload or b""
         for attempt in range(2):
             try:
                 if self.writer is None:

@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 
 class Deployment:
-    def __init__(self, lab: Lab, kind: str):
-        self.lab, self.kind = lab, kind
+    def __init__(self, lab: Lab, kind: str, flags: tuple[str, ...] = ()):
+        self.lab, self.kind, self.flags = lab, kind, list(flags)
         self.redis = NetnsRedis(lab, aof=True) if kind == "redis" else NetnsRedisCluster(lab)
         self.hosts: list[NetnsWsd] = []
 
@@ -33,7 +33,7 @@ class Deployment:
         # one back must still be in every channel's stream when the last one catches up (with the
         # default 100 a slow reconnect under load is a gap, as it should be, not the no-loss case).
         self.hosts = [NetnsWsd(self.lab, index, ["--cluster", self.redis.url, "--drain-window", "2",
-                                                 "--history-size", "5000"])
+                                                 "--history-size", "5000", *self.flags])
                       for index in range(len(self.lab.hosts))]  # fmt: skip
         for host in self.hosts:
             host.start(wait=False)
@@ -48,10 +48,11 @@ class Deployment:
     def numsub(self, channel: str) -> int:
         return self.redis.numsub(channel)
 
-    async def client(self, host: int) -> Client:
+    async def client(self, host: int, token: str | None = None) -> Client:
         sock = self.lab.client_socket()
         await asyncio.get_running_loop().sock_connect(sock, (self.hosts[host].ip, 8080))
-        return await Client.open(self.hosts[host].url, sock=sock)
+        url = self.hosts[host].url if token is None else f"{self.hosts[host].url}?token={token}"
+        return await Client.open(url, sock=sock)
 
     def api(self, host: int) -> ApiClient:
         return ApiClient(self.lab, self.hosts[host].ip)

@@ -22,6 +22,7 @@ class Client:
     received: dict[str, list[tuple]] = field(default_factory=dict)
     replies: dict[Any, asyncio.Future] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
+    notices: list[dict] = field(default_factory=list)
     closed: bool = False
     _ids: int = 0
     _reader: asyncio.Task | None = None
@@ -43,6 +44,8 @@ class Client:
                     self.received.setdefault(message["ch"], []).append(("msg", message["off"], message["data"]))
                 elif op == "gap":
                     self.received.setdefault(message["ch"], []).append(("gap", message["off"], message["epoch"]))
+                elif op == "unsub":  # a server notice: the server ended the subscription
+                    self.notices.append(message)
                 elif op in ("ok", "err"):
                     future = self.replies.pop(message.get("id"), None)
                     if future is not None and not future.done():
