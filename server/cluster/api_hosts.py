@@ -186,7 +186,7 @@ def cannot_ask(reason: str) -> str:
 class HostsApi:
     """This worker's part in the cross-host server API (see the module docstring).
 
-    `ask(request)` is ServerApi.other_hosts; `handler` is ServerApi.local."""
+    `ask(request)` is ServerApi.other_hosts; `handler` is ServerApi.remote (checks, then local)."""
 
     def __init__(self, cluster: Any, bus_slot: int, handler: Handler, timeout_s: float | None = None):
         self.cluster = cluster  # wsd.server.cluster.ClusterClient
@@ -272,6 +272,8 @@ class HostsApi:
                     await self._execute(self._publish_command, self.member.reply_channel, PING)
             except (ClusterError, ResponseError) as exc:
                 log.debug("cluster: server API membership refresh failed: %s", exc)
+            except Exception:  # the membership must go on whatever one round did
+                log.exception("cluster: server API membership refresh failed")
             await asyncio.sleep(REFRESH_S)
             # A connection that stays open but no longer delivers (its pings stopped coming back).
             now = time.monotonic()
@@ -297,6 +299,9 @@ class HostsApi:
                 if self.subscribed or error != self.last_error:
                     log.debug("cluster: server API subscription: %s", error)
                 self.last_error = error
+            except Exception as exc:  # anything unforeseen ends this connection, never the listener
+                log.exception("cluster: server API subscription failed")
+                self.last_error = f"subscription failed: {exc!r}"
             finally:
                 self.subscribed = False
                 connection, self._connection = self._connection, None

@@ -8,6 +8,8 @@ in one slot (the publish script touches both keys and publishes on the same shar
 - ``wsd:{NAME}:s``  stream: the history, one entry per message, entry id = offset
 
 and each pub/sub connection subscribes its own probe channel ``wsd:probe:{TAG}`` (see pubsub.py).
+The server API across hosts uses the ``wsd:{#api}:...`` names of api_hosts.py (``#`` is never in a
+channel name, so they cannot meet a channel's).
 Channel names never contain ``{`` or ``}`` (server/channel_names.py), so the tag is the whole name.
 """
 

@@ -163,7 +163,7 @@ class Worker:
         if self.config.cluster:  # the server API reaches the other hosts' workers over Redis too
             from wsd.server.cluster.api_hosts import HostsApi
 
-            self.hosts_api = HostsApi(self.broker.cluster, self.bus_slot, self.server_api.local)
+            self.hosts_api = HostsApi(self.broker.cluster, self.bus_slot, self.server_api.remote)
             self.server_api.other_hosts = self.hosts_api.ask
             self.hosts_api.start()
         self.api_factory = make_api_protocol_factory(

@@ -185,6 +185,14 @@ class ServerApi:
             return {"channels": node.channel_subscribers()}
         raise ValueError(f"unknown operation {op!r}")
 
+    def remote(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`request` from another host (over Redis) on this worker's sessions: checked as if it came
+        here (ApiInputError, a ValueError, for a bad one), then carried out like a local peer's."""
+        op = request.get("op")
+        if not isinstance(op, str):
+            raise ApiInputError('a request is a JSON object with "op"')
+        return self.local(self.check(op, request))
+
     async def intercom_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """The intercom handler: a peer's request for this worker alone, or (`gather`: from the
         supervisor, for `wsd ctl`) the whole server's answer."""

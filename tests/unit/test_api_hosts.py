@@ -4,6 +4,7 @@ messages on Redis, and how the other hosts' answers combine into answers and fai
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from wsd.server.cluster.api_hosts import (
     REPLY_PREFIX,
@@ -83,3 +84,21 @@ def test_a_failing_operation_answers_an_error_instead_of_raising():
     assert answer_locally(handler, {"op": "channel", "channel": "news"}) == {"subscribers": 1}
     assert answer_locally(handler, {"op": "channel"}) == {"error": "'channel' failed: KeyError('channel')"}
     assert "error" in answer_locally(lambda request: None, {"op": "channels"})
+
+
+def test_a_request_from_another_host_is_checked_like_one_that_came_here():
+    from wsd.server.worker.server_api import ApiInputError, ServerApi
+
+    class Node:
+        def disconnect_user(self, user):
+            return {"alice": 2}.get(user, 0)
+
+    api = ServerApi(Node(), None, "", 0, users_known=lambda: True)
+    assert api.remote({"op": "disconnect", "user": "alice"}) == {"disconnected": 2}
+    for bad in ({"op": "bogus"}, {"op": "disconnect", "user": 7}, {"op": "channel", "channel": "a b"}, {}):
+        with pytest.raises(ApiInputError):
+            api.remote(bad)
+    assert "error" in answer_locally(api.remote, {"op": "disconnect"})
+    without_users = ServerApi(Node(), None, "", 0, users_known=lambda: False)
+    with pytest.raises(ApiInputError, match="auth is off"):
+        without_users.remote({"op": "disconnect", "user": "alice"})
