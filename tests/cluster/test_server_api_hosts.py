@@ -15,6 +15,7 @@ import pytest
 
 from harness.wsd_process import WsdProcess
 from tests import auth_material
+from tests.cluster.redis_servers import MISSING, RedisServer
 from tests.operations.helpers import NO_PINGS, Client, api_json, clients_on_every_worker
 
 WORKERS = 2
@@ -26,8 +27,14 @@ def token(user: str) -> str:
     return auth_material.hs256({"sub": user, "exp": 2_000_000_000, "subs": ["*"], "pubs": ["*"]})
 
 
-@pytest.fixture
-def hosts(redis_server, tmp_path):
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    """Two hosts on one Redis, for the whole module (the last test kills the Redis)."""
+    if MISSING:
+        pytest.skip(MISSING)
+    tmp_path = tmp_path_factory.mktemp("server-api-hosts")
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
     secret = auth_material.write(tmp_path / "secret", auth_material.SECRET)
     api_key = auth_material.write(tmp_path / "api-key", API_KEY)
     flags = ["--cluster", redis_server.url, "--auth-secret-file", secret, "--api-key-file", api_key, *NO_PINGS]
@@ -40,10 +47,11 @@ def hosts(redis_server, tmp_path):
     finally:
         for server in servers:
             server.kill()
+        redis_server.kill()
 
 
 def wait_members(redis_server, count: int, timeout: float = 15) -> None:
-    """Every worker of both hosts is in the members set (they join within a refresh)."""
+    """Every worker of both hosts is in the members set (they join as they start)."""
     deadline = time.monotonic() + timeout
     while True:
         members = redis_server.client().zrange("wsd:{#api}:members", 0, -1)
