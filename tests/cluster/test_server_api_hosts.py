@@ -2,8 +2,9 @@
 box sharing it (each its own supervisor, so its own node id: two hosts as far as wsd can tell).
 `/api/disconnect` and `/api/unsubscribe` on one host act on the user's connections on every worker
 of both; `/api/channels` counts both; a frozen host is named in the answer within the timeout while
-the other still acts; with Redis down the answer is this host's, and says the others could not be
-asked. (tests/cluster/test_hosts_netns.py runs the same across network namespaces.)"""
+the other still acts; a killed server API connection is rebuilt; with Redis down the answer is this
+host's, and says the others could not be asked. (tests/cluster/test_server_api_netns.py runs
+the same across network namespaces.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from harness.wsd_process import WsdProcess
 from tests import auth_material
 from tests.cluster.redis_servers import MISSING, RedisServer
-from tests.operations.helpers import NO_PINGS, Client, api_json, clients_on_every_worker
+from tests.operations.helpers import NO_PINGS, Client, api_json, clients_on_every_worker, wait_for
 
 WORKERS = 2
 API_KEY = "api-key-for-cluster-api-0123456789"
@@ -117,6 +118,24 @@ def test_a_frozen_host_is_named_within_the_timeout_and_the_other_still_acts(host
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     there.close()
+
+
+def test_a_killed_server_api_connection_is_rebuilt_and_the_hosts_answer_again(hosts):
+    (a, b), redis_server = hosts
+    redis = redis_server.client()
+    killed = [client["id"] for client in redis.client_list() if client["name"].endswith(":api")]
+    assert len(killed) == 2 * WORKERS, redis.client_list()
+    for client_id in killed:
+        redis.client_kill_filter(_id=client_id)
+    gina = Client(b, token=token("gina"))
+
+    def disconnected() -> bool:
+        return api_json(a, "POST", "/api/disconnect", {"user": "gina"}, headers=AUTHORIZED) == (
+            200, {"disconnected": 1})  # fmt: skip
+
+    wait_for(disconnected, timeout=10, every=0.2, what="the hosts answering again")
+    assert gina.ws.recv_close_code() == 4000
+    assert len([client for client in redis.client_list() if client["name"].endswith(":api")]) == 2 * WORKERS
 
 
 def test_with_redis_down_the_answer_is_this_hosts_and_says_the_others_were_not_asked(hosts):
