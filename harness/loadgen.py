@@ -88,6 +88,9 @@ class ClientPlan:
     netns: str | None = None  # the network namespace the client processes run in (harness.netns_hosts)
     ca_pem: str | None = None  # wss:// URLs: the PEM certificates to trust (a self-signed server's)
     resume: ResumePlan | None = None  # resuming clients (harness.resuming) instead of phase subscribers
+    # Tries per connection (a refused or cut handshake is tried again after a pause); failures are
+    # counted either way.
+    connect_attempts: int = 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,31 +205,43 @@ class ClientProcess:
         plan = self.plan
         connectors = None if self.ssl_context is not None else [PlainConnector(u, self.new_listener) for u in plan.urls]
 
+        async def connect_one(index: int) -> tuple[Any, Any] | None:
+            source = plan.source_addresses[index // CONNECTIONS_PER_SOURCE_ADDRESS]
+            url = plan.urls[index % len(plan.urls)]  # several server processes: spread evenly
+            try:
+                if connectors is not None:
+                    transport, listener = await connectors[index % len(plan.urls)].connect(source)
+                else:
+                    transport, listener = await ws_connect(
+                        self.new_listener,
+                        url,
+                        socket_factory=lambda _url, source=source: bound_socket(source),
+                        ssl_context=self.ssl_context,
+                        read_buffer_init_size=READ_BUFFER_INIT_SIZE,
+                        use_aiofastnet=False,
+                        websocket_handshake_timeout=30,
+                    )
+                if listener is None:  # picows gave no listener: the connection ended in the handshake
+                    failures["closed during the handshake"] += 1
+                    return None
+                if listener.connected is not None:
+                    await asyncio.wait_for(listener.connected, 30)
+            except (TimeoutError, OSError, RuntimeError) as exc:
+                failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                return None
+            return transport, listener
+
         async def connector() -> None:
             for index in next_index:
-                source = plan.source_addresses[index // CONNECTIONS_PER_SOURCE_ADDRESS]
-                url = plan.urls[index % len(plan.urls)]  # several server processes: spread evenly
-                try:
-                    if connectors is not None:
-                        transport, listener = await connectors[index % len(plan.urls)].connect(source)
-                    else:
-                        transport, listener = await ws_connect(
-                            self.new_listener,
-                            url,
-                            socket_factory=lambda _url, source=source: bound_socket(source),
-                            ssl_context=self.ssl_context,
-                            read_buffer_init_size=READ_BUFFER_INIT_SIZE,
-                            use_aiofastnet=False,
-                            websocket_handshake_timeout=30,
-                        )
-                    if listener is None:  # picows gave no listener: the connection ended in the handshake
-                        failures["closed during the handshake"] += 1
-                        continue
-                    if listener.connected is not None:
-                        await asyncio.wait_for(listener.connected, 30)
-                except (TimeoutError, OSError, RuntimeError) as exc:
-                    failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                for attempt in range(plan.connect_attempts):
+                    connected = await connect_one(index)
+                    if connected is not None:
+                        break
+                    if attempt + 1 < plan.connect_attempts:
+                        await asyncio.sleep(0.5 * (attempt + 1))
+                else:
                     continue
+                transport, listener = connected
                 # wsd names the worker that took the connection; other servers do not ("?").
                 workers[transport.response.headers.get("X-Wsd-Worker", "?")] += 1
                 self.listeners.append((index, listener))
@@ -461,6 +476,7 @@ class LoadGenerator:
         netns: str | None = None,
         ca_pem: str | None = None,
         resume: ResumePlan | None = None,
+        connect_attempts: int = 1,
     ):
         """`addresses`: source addresses to spread the connections over (default 127.0.0.2, ...);
         `netns`: run the client processes in that network namespace (with addresses of it);
@@ -479,6 +495,7 @@ class LoadGenerator:
             netns=netns,
             ca_pem=ca_pem,
             resume=resume,
+            connect_attempts=connect_attempts,
         )
         context = multiprocessing.get_context("spawn")
         self.command_pipes: list[multiprocessing.connection.Connection] = []
