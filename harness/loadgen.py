@@ -539,14 +539,16 @@ class LoadGenerator:
             {"expected_per_connection": expected_per_connection, "record_latency": record_latency, "timeout": timeout},
         )
 
-    def connect_all(self, on_connected: Callable[[], None] | None = None) -> dict[str, Any]:
+    def connect_all(self, on_connected: Callable[[], None] | None = None, timeout: float = 300) -> dict[str, Any]:
         """Connect every subscriber (every process at once, so the server sees the combined handshake
         rate) and subscribe it; raises if any connection or subscription failed. `on_connected` is
         called between the two (a benchmark measuring the handshakes alone stops its clock there)."""
         first_indexes = [sum(self.per_process[:i]) for i in range(len(self.per_process))]
         started = time.monotonic()
         replies = self.request(
-            "connect", [{"count": n, "first_index": f} for n, f in zip(self.per_process, first_indexes, strict=True)]
+            "connect",
+            [{"count": n, "first_index": f} for n, f in zip(self.per_process, first_indexes, strict=True)],
+            timeout=timeout,
         )
         connect_seconds = time.monotonic() - started
         if on_connected is not None:
