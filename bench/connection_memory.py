@@ -8,7 +8,10 @@ show up there, libuv's handles and the kernel's socket memory do not).
 Variants:
   picows-default   WSListener, picows defaults
   picows-tuned     WSListener, wsd.server.worker.ws_conformance.picows_server_kwargs (what wsd serves with)
-  conforming       ConformingListener (wsd's base listener: assembler, transport reference)
+  conforming       ConformingListener (wsd's base listener: assembler, transport reference; since
+                   issue 13 it trims picows's write buffer, future and upgrade objects after the handshake)
+  lean             ConformingListener on wsd's own accept path (wsd.server.worker.accept): the
+                   process's shared read buffer (wsd.ext.connmem) and no per-connection child Logger
 
     .venv/bin/python -m bench.connection_memory --connections 10000
 
@@ -22,6 +25,7 @@ import asyncio
 import gc
 import json
 import multiprocessing
+import socket
 import subprocess
 import sys
 import tracemalloc
@@ -33,6 +37,7 @@ import uvloop
 from picows import WSListener, ws_create_server
 
 from harness.net import bound_socket, source_address
+from wsd.server.worker.accept import create_peer_aware_server
 from wsd.server.worker.ws_conformance import ConformingListener, picows_server_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +84,13 @@ def measure(variant: str, connections: int, trace: bool) -> dict[str, Any]:
         else:
             factory, kwargs = (lambda request: ConformingListener(65536)), picows_server_kwargs(65536)
         kwargs.setdefault("backlog", 4096)
-        server = await ws_create_server(factory, "127.0.0.1", 0, **kwargs)
+        if variant == "lean":
+            listen = socket.create_server(("127.0.0.1", 0), backlog=4096)
+            server = await create_peer_aware_server(
+                asyncio.get_running_loop(), lambda request, peer: ConformingListener(65536), listen, **kwargs
+            )
+        else:
+            server = await ws_create_server(factory, "127.0.0.1", 0, **kwargs)
         port = server.sockets[0].getsockname()[1]
         process = psutil.Process()
         gc.collect()
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--variants", default="picows-default,picows-tuned,conforming")
+    parser.add_argument("--variants", default="picows-default,picows-tuned,conforming,lean")
     parser.add_argument("--trace", action="store_true", help="also list tracemalloc's top sites (slower)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: measure one variant

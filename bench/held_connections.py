@@ -171,7 +171,7 @@ def run_server(args: argparse.Namespace, name: str) -> dict[str, Any]:
         started = time.monotonic()
         # A handshake the server cuts (its 5 s handshake timeout, with 2 cores shared by 25 processes) is
         # tried again, as a real client would.
-        load = LoadGenerator(server.urls, client_processes, args.connections, user_channels=True, connect_attempts=3)
+        load = LoadGenerator(server.urls, client_processes, args.connections, user_channels=True, connect_attempts=10)
         connect = load.connect_all(timeout=max(300.0, args.connections / 100))
         print(
             f"{name}: connected and subscribed in {time.monotonic() - started:.1f} s "
