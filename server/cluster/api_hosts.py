@@ -4,9 +4,11 @@ subscribers" carried out on every worker of every other host, over Redis pub/sub
 Every worker process of every host (not only one per host: no election, and during a rolling
 reload the old and new process of a slot both answer, as over the intercom) does three things:
 
-- it is a member: every REFRESH_S it puts itself into the sorted set `wsd:{#api}:members`, scored
-  with Redis's clock plus MEMBER_TTL_S (a script, so hosts' clocks do not matter), and drops the
-  expired members; a clean stop removes it at once.
+- it is a member: once it listens (below), and then every REFRESH_S, it puts itself into the sorted
+  set `wsd:{#api}:members`, scored with Redis's clock plus MEMBER_TTL_S (a script, so hosts' clocks
+  do not matter), and drops the expired members; joining, it drops its host's member of the same
+  bus slot (a process that died: a bus slot is unique among a host's live processes); a clean stop
+  removes it at once.
 - it listens on one pub/sub connection to `wsd:{#api}:requests` and to its own reply channel
   `wsd:{#api}:reply:TOKEN`. A request from another host (`"from"` is not our node id) is carried
   out on this worker alone (ServerApi.local) and answered on the requester's reply channel.
@@ -49,13 +51,25 @@ MEMBER_TTL_S = 10.0
 REFRESH_S = 3.0
 PING = b"ping"  # published to our own reply channel each refresh: proves the subscription delivers
 
-# KEYS[1] the members set; ARGV[1] the member, ARGV[2] its TTL in ms. Scored by Redis's clock.
+# KEYS[1] the members set; ARGV[1] the member, ARGV[2] its TTL in ms, ARGV[3] "NODE_ID BUS_SLOT " on
+# joining: a member of that host and bus slot with another token is a process that died (a bus slot
+# is unique among a host's live processes), so it is not waited for until it expires. Scored by
+# Redis's clock.
 REFRESH_SCRIPT = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if ARGV[3] ~= '' then
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if member ~= ARGV[1] and string.sub(member, 1, string.len(ARGV[3])) == ARGV[3] then
+      redis.call('ZREM', KEYS[1], member)
+    end
+  end
+end
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) * 3 then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
+end
 return 1
 """
 LIVE_SCRIPT = """
@@ -264,10 +278,16 @@ class HostsApi:
     # -- membership --
 
     async def _refresh(self) -> None:
+        joined = False
         while True:
+            if not joined and not self.subscribed:
+                await asyncio.sleep(0.05)  # joined only once it hears requests: no one waits for it before
+                continue
             try:
+                predecessor = "" if joined else f"{self.member.node_id} {self.member.bus_slot} "
                 await self._execute("EVAL", REFRESH_SCRIPT, 1, MEMBERS_KEY, self.member.encode(),
-                                    int(MEMBER_TTL_S * 1000))  # fmt: skip
+                                    int(MEMBER_TTL_S * 1000), predecessor)  # fmt: skip
+                joined = True
                 if self.subscribed:
                     await self._execute(self._publish_command, self.member.reply_channel, PING)
             except (ClusterError, ResponseError) as exc:
@@ -292,6 +312,7 @@ class HostsApi:
     async def _listen(self) -> None:
         delay = 0.05
         while True:
+            started = time.monotonic()
             try:
                 await self._session()
             except (ClusterError, RedisError, OSError, TimeoutError, _Resubscribe) as exc:
@@ -307,6 +328,8 @@ class HostsApi:
                 connection, self._connection = self._connection, None
                 if connection is not None:
                     await connection.disconnect(nowait=True)
+            if self._subscribed_at > started:
+                delay = 0.05  # it was subscribed: a new loss starts the back-off again
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 1.0)
 

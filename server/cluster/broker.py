@@ -105,6 +105,9 @@ class ClusterBroker(ShmBroker):
         self.asking: dict[int, _Asking] = {}
         self.ask_timeout_s = 2 * cluster.timeout_s + 1.0
         self._incarnation = int.from_bytes(os.urandom(8), "little")
+        # The server API's part across hosts (wsd.server.cluster.api_hosts.HostsApi.status), set by
+        # the worker once it has one: its state goes into this process's status file.
+        self.server_api_status: Callable[[], dict] | None = None
         self._tokens = 0
         if role is not None:
             self.engine.take_role(role)
@@ -304,6 +307,8 @@ class ClusterBroker(ShmBroker):
         status["owner"] = self.owner.status()
         status["role"] = self.engine.role
         status["pid"] = os.getpid()
+        if self.server_api_status is not None:
+            status["server_api"] = self.server_api_status()
         return status
 
     def shard_states(self) -> list:

@@ -3,7 +3,8 @@ own (its ClusterClient's shards, its ChannelOwner's channels) to a small JSON fi
 tick; the supervisor merges the files of its live processes into the host's `cluster` document.
 
     {"node_id": "web1-9f3a2c1d", "mode": "instances", "state": "up"|"down", "channels": 12,
-     "catch_ups": 3, "gaps": 0, "shards": [{"url": "redis://10.0.0.5:6379/0", "state": "up",
+     "catch_ups": 3, "gaps": 0, "server_api": {"listening": 2, "processes": 2, "requests_answered": 5,
+     "error": ""}, "shards": [{"url": "redis://10.0.0.5:6379/0", "state": "up",
      "channels": 12, "publish_rtt_ms": 0.31, "catch_ups": 3, ...}]}
 
 `channels` counts the host's Redis subscriptions (each is held by one process, the holder of the
@@ -85,6 +86,8 @@ def merge(node_id: str, statuses: list[dict]) -> dict[str, Any]:
         merged["publish_rtt_ms"] = round(statistics.median(values), 3) if values else None
     shard_list = sorted(shards.values(), key=lambda shard: shard["url"])
     owners = [status.get("owner", {}) for status in statuses]
+    api_links = [status["server_api"] for status in statuses if "server_api" in status]
+    api_errors = [link["error"] for link in api_links if not link.get("subscribed")]
     return {
         "node_id": node_id,
         "mode": mode,
@@ -94,6 +97,10 @@ def merge(node_id: str, statuses: list[dict]) -> dict[str, Any]:
         "gaps": sum(int(owner.get("gaps", 0)) for owner in owners),
         "received": sum(int(owner.get("appended", 0)) for owner in owners),
         "processes": len(statuses),
+        # The server API across hosts (api_hosts.py): how many processes listen for the other hosts.
+        "server_api": {"listening": len(api_links) - len(api_errors), "processes": len(api_links),
+                       "requests_answered": sum(int(link.get("requests_answered", 0)) for link in api_links),
+                       "error": api_errors[0] if api_errors else ""},  # fmt: skip
         "shards": shard_list,
     }
 

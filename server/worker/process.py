@@ -165,6 +165,7 @@ class Worker:
 
             self.hosts_api = HostsApi(self.broker.cluster, self.bus_slot, self.server_api.remote)
             self.server_api.other_hosts = self.hosts_api.ask
+            self.broker.server_api_status = self.hosts_api.status
             self.hosts_api.start()
         self.api_factory = make_api_protocol_factory(
             ApiPublisher(self.node), health=lambda: not self.stopping, max_body_size=self.broker.max_request_size(),

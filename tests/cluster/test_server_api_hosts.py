@@ -2,9 +2,9 @@
 box sharing it (each its own supervisor, so its own node id: two hosts as far as wsd can tell).
 `/api/disconnect` and `/api/unsubscribe` on one host act on the user's connections on every worker
 of both; `/api/channels` counts both; a frozen host is named in the answer within the timeout while
-the other still acts; a killed server API connection is rebuilt; with Redis down the answer is this
-host's, and says the others could not be asked. (tests/cluster/test_server_api_netns.py runs
-the same across network namespaces.)"""
+the other still acts; a dead worker's successor replaces it; a killed server API connection is
+rebuilt; with Redis down the answer is this host's, and says the others could not be asked.
+(tests/cluster/test_server_api_netns.py runs the same across network namespaces.)"""
 
 from __future__ import annotations
 
@@ -76,6 +76,8 @@ def test_disconnect_on_one_host_closes_the_users_connections_on_every_host(hosts
         200, {"disconnected": 0})  # fmt: skip
     assert a.ctl("disconnect", "bob").stdout.strip() == "1 connection(s) closed with 4000"  # wsd ctl too
     assert bob.ws.recv_close_code() == 4000
+    server_api = wait_for(lambda: (s := b.status()["cluster"]["server_api"])["requests_answered"] >= 2 and s)
+    assert (server_api["listening"], server_api["processes"], server_api["error"]) == (WORKERS, WORKERS, "")
 
 
 def test_unsubscribe_and_channel_counts_cover_every_host(hosts):
@@ -118,6 +120,25 @@ def test_a_frozen_host_is_named_within_the_timeout_and_the_other_still_acts(host
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     there.close()
+
+
+def test_a_worker_that_died_is_not_waited_for_once_its_successor_joined(hosts):
+    (a, b), redis_server = hosts
+    redis = redis_server.client()
+    node_id = b.status()["cluster"]["node_id"]
+
+    def members_of_b() -> set[bytes]:
+        return {m for m in redis.zrange("wsd:{#api}:members", 0, -1) if m.startswith(f"{node_id} ".encode())}
+
+    before = members_of_b()
+    assert len(before) == WORKERS, before
+    os.kill(b.worker_pids()[0], signal.SIGKILL)
+    # The supervisor respawns it on the same bus slot; joining, it drops its dead predecessor (which
+    # would otherwise be expected, and named as not answering, until its entry expires in 10 s).
+    wait_for(lambda: len(members_of_b() - before) == 1, timeout=20, what="the successor to join")
+    assert len(members_of_b()) == WORKERS, members_of_b()
+    status, body = api_json(a, "POST", "/api/disconnect", {"user": "nobody"}, headers=AUTHORIZED)
+    assert (status, body) == (200, {"disconnected": 0})
 
 
 def test_a_killed_server_api_connection_is_rebuilt_and_the_hosts_answer_again(hosts):

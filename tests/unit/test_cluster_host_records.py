@@ -154,3 +154,12 @@ def test_the_host_status_sums_subscriptions_and_is_down_when_any_process_sees_a_
     assert (first["url"], first["state"], first["channels"], first["publish_rtt_ms"]) == (a, "up", 5, 0.2)
     assert (second["state"], second["error"], second["publish_rtt_ms"]) == ("down", "refused", 0.2)
     assert merge("n", [])["state"] == "down"
+
+
+def test_the_host_status_counts_the_processes_listening_for_the_other_hosts():
+    listening = {"subscribed": True, "member": "web1 0 t0", "error": "", "requests_answered": 3}
+    deaf = {"subscribed": False, "member": "web1 1 t1", "error": "Connection refused", "requests_answered": 1}
+    document = merge("web1", [{"mode": "instances", "server_api": listening}, {"mode": "instances", "server_api": deaf},
+                              {"mode": "instances"}])  # fmt: skip
+    assert document["server_api"] == {"listening": 1, "processes": 2, "requests_answered": 4,
+                                      "error": "Connection refused"}  # fmt: skip
