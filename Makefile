@@ -89,7 +89,7 @@ bench-fanout: install
 # permessage-deflate: bytes on the wire and server CPU per delivery of a ~1 KB JSON notification,
 # compression on vs off, broadcast and targeted; 2,000 connections on 2 workers (see bench/compression.py).
 bench-compression: install
-	flock /tmp/wsd-bench.lock $(PY) -m bench.compression --connections 2000 --tag 2w-2k
+	flock /tmp/wsd-bench.lock $(PY) -m bench.compression --connections 2000 --messages 1000 --per-user 10 --tag 2w-2k
 
 # Connection benchmark: N idle WebSocket clients from Locust (distributed), memory per connection,
 # handshake rate, broadcasts to all N; writes bench/results/ (see bench/connections.py).

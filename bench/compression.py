@@ -16,7 +16,8 @@ publish to the last delivery, per delivery. Clients check every compressed frame
 connection inflates to a `msg` with the next offset. Medians over the rounds; writes
 `compression-<tag>.json` and `.md` under bench/results/.
 
-    flock /tmp/wsd-bench.lock .venv/bin/python -m bench.compression --connections 2000 --tag 2w-2k
+    flock /tmp/wsd-bench.lock .venv/bin/python -m bench.compression \
+        --connections 2000 --messages 1000 --per-user 10 --tag 2w-2k
 """
 
 from __future__ import annotations
