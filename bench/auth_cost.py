@@ -209,6 +209,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     def relative(configuration: str, key: str) -> str:
         if base is None or configuration == "plain":
             return ""
+        if not base[key]["median"]:
+            return " (plain: too little to measure)"  # a small run's CPU can be below psutil's tick
         ratio = summary[configuration][key]["median"] / base[key]["median"]
         return f" ({ratio:.2f}x)"
 
