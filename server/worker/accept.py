@@ -134,7 +134,10 @@ class LeanWSProtocol(WSProtocol):
             shared.after_read(buffer, WSProtocol.get_buffer(self, -1), self.listener is not None)
 
     def __del__(self) -> None:
-        self._shared.give_back(self._own_read_buffer)
+        # Before picows frees its buffer: never the shared bytes. (Not set if __init__ failed.)
+        buffer = getattr(self, "_own_read_buffer", None)
+        if buffer is not None:
+            self._shared.give_back(buffer)
 
 
 class _SharedLogger(logging.LoggerAdapter):
