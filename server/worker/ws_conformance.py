@@ -326,12 +326,7 @@ class MessageAssembler:
         if not fin:
             return None
         self._partial = None
-        if partial.utf8 is not None:
-            try:
-                partial.utf8.decode(b"", True)  # the message must not end inside a character
-            except UnicodeDecodeError:
-                return self._fail(CLOSE_INVALID_PAYLOAD, "text message ends inside a UTF-8 sequence")
-        return Message(partial.is_text, bytes(partial.buffer))
+        return self._whole(partial)
 
     def _feed_compressed_continuation(self, partial: _PartialMessage, fin: bool, payload: bytes) -> Decision:
         inflated = self._inflate(partial.inflater, payload + TAIL if fin else payload, len(partial.buffer))
@@ -344,9 +339,13 @@ class MessageAssembler:
             return None
         self._partial = None
         self._message_inflated(partial.inflater)
+        return self._whole(partial)
+
+    def _whole(self, partial: _PartialMessage) -> Decision:
+        """The last fragment arrived: the message, unless its text ends inside a character."""
         if partial.utf8 is not None:
             try:
-                partial.utf8.decode(b"", True)  # the message must not end inside a character
+                partial.utf8.decode(b"", True)
             except UnicodeDecodeError:
                 return self._fail(CLOSE_INVALID_PAYLOAD, "text message ends inside a UTF-8 sequence")
         return Message(partial.is_text, bytes(partial.buffer))
