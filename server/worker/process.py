@@ -241,12 +241,15 @@ class Worker:
 
     async def _finish_stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        # Leave the members set (other hosts stop expecting this process) while the last sessions
+        # close, so that it never delays the exit.
+        leaving = None if self.hosts_api is None else self.loop.create_task(self.hosts_api.close())
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.api_server.close()
         self.intercom.close()
-        if self.hosts_api is not None:
-            await self.hosts_api.close()  # leaves the members set: other hosts stop expecting it
+        if leaving is not None and not leaving.done():
+            leaving.cancel()
         self._write_stats()
         if not self.stopped.done():
             self.stopped.set_result(None)
