@@ -248,7 +248,8 @@ class Worker:
             await asyncio.sleep(0.05)
         self.api_server.close()
         self.intercom.close()
-        if leaving is not None and not leaving.done():
+        if leaving is not None:
+            await asyncio.wait({leaving}, timeout=0.2)  # one round trip, normally done by now
             leaving.cancel()
         self._write_stats()
         if not self.stopped.done():

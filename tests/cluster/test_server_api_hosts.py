@@ -159,6 +159,22 @@ def test_a_killed_server_api_connection_is_rebuilt_and_the_hosts_answer_again(ho
     assert len([client for client in redis.client_list() if client["name"].endswith(":api")]) == 2 * WORKERS
 
 
+def test_a_host_that_stops_leaves_the_members_set_at_once(hosts, tmp_path):
+    (a, _), redis_server = hosts
+    third = WsdProcess(tmp_path / "host2", workers=1, flags=a.flags)
+    third.start()
+    node_id = third.status()["cluster"]["node_id"]
+    redis = redis_server.client()
+
+    def members_of_third() -> list[bytes]:
+        return [m for m in redis.zrange("wsd:{#api}:members", 0, -1) if m.startswith(f"{node_id} ".encode())]
+
+    wait_for(lambda: len(members_of_third()) == 1, timeout=10, what="the third host to join")
+    third.kill()  # a clean stop (SIGINT)
+    assert members_of_third() == []
+    assert api_json(a, "GET", "/api/channels", headers=AUTHORIZED)[0] == 200  # nobody expected who left
+
+
 def test_with_redis_down_the_answer_is_this_hosts_and_says_the_others_were_not_asked(hosts):
     (a, b), redis_server = hosts
     here = [Client(a, token=token("frank")) for _ in range(2)]
