@@ -36,7 +36,11 @@ MIN_WINDOW_BITS = 8
 # The smallest window zlib deflates raw data with (see the module docstring).
 MIN_ZLIB_DEFLATE_BITS = 9
 COMPRESSION_LEVEL = 6  # zlib's default: JSON gains little from more, and costs more CPU per message
-MEM_LEVEL = 8
+# Every message gets a fresh compressor (no context takeover), so its set-up is paid per message, and
+# most of that is clearing the hash table memLevel sizes (2**(memLevel + 7) entries). For a 1 KB JSON
+# message memLevel 4 gives the same output as zlib's default 8 at ~2.5x less CPU (~15-20 us vs ~40-50
+# us per message on this box, timeit of compressobj + compress + flush).
+MEM_LEVEL = 4
 
 _BOOLEAN_PARAMETERS = ("server_no_context_takeover", "client_no_context_takeover")
 _WINDOW_PARAMETERS = ("server_max_window_bits", "client_max_window_bits")
