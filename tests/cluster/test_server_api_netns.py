@@ -14,11 +14,9 @@ import time
 
 import pytest
 
-from harness.netns_hosts import Lab, missing
 from tests import auth_material
 from tests.cluster.conftest import run
-from tests.cluster.redis_servers import MISSING
-from tests.cluster.test_hosts_netns import Deployment, close_all
+from tests.cluster.test_hosts_netns import Deployment, close_all, lab  # noqa: F401 (the lab fixture)
 from tests.cluster.ws_client import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
@@ -28,18 +26,8 @@ def token(user: str) -> str:
     return auth_material.hs256({"sub": user, "exp": 2_000_000_000, "subs": ["*"], "pubs": ["*"]})
 
 
-@pytest.fixture(scope="module")
-def lab():
-    reason = missing() or MISSING
-    if reason:
-        pytest.skip(reason)
-    made = Lab(hosts=3).create()
-    yield made
-    made.destroy()
-
-
 @pytest.fixture(scope="module", params=["redis", "redis-cluster"])
-def deployment(lab, request):
+def deployment(lab, request):  # noqa: F811 (lab: the fixture imported above)
     secret = auth_material.write(lab.workdir / "auth-secret", auth_material.SECRET)
     made = Deployment(lab, request.param, flags=("--auth-secret-file", str(secret)))
     try:
