@@ -76,7 +76,9 @@ def test_disconnect_on_one_host_closes_the_users_connections_on_every_host(hosts
         200, {"disconnected": 0})  # fmt: skip
     assert a.ctl("disconnect", "bob").stdout.strip() == "1 connection(s) closed with 4000"  # wsd ctl too
     assert bob.ws.recv_close_code() == 4000
-    server_api = wait_for(lambda: (s := b.status()["cluster"]["server_api"])["requests_answered"] >= 2 and s)
+    # ctl status adds up the workers' status pages, each written on its own tick: wait for all of them.
+    server_api = wait_for(lambda: (s := b.status()["cluster"]["server_api"])["requests_answered"] >= 2
+                          and s["listening"] == WORKERS and s)  # fmt: skip
     assert (server_api["listening"], server_api["processes"], server_api["error"]) == (WORKERS, WORKERS, "")
 
 
