@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from bench.measure import RESULTS_DIR, command_line, machine_info, percentile, spread
+from bench.measure import RESULTS_DIR, command_line, cpu_seconds, machine_info, percentile, spread
 from bench.peers.run import PEERS_DIR, _node_package_version, _node_version, _redis_version, setup_peers
 from harness.listener import SHARED_CHANNEL
 from harness.loadgen import PHASE_GRACE_SECONDS, LoadGenerator, merge_phase, phase_latencies_us
@@ -117,17 +117,6 @@ class Deployment:
             process.terminate()
             process.wait(10)
         self.redis.kill()
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 class RedisMeter:

@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 
-from bench.measure import RESULTS_DIR, command_line, cpu_model, percentile
+from bench.measure import RESULTS_DIR, command_line, cpu_model, cpu_seconds, percentile
 from bench.peers.run import RunningPeer, peer_missing
 from harness.listener import SHARED_CHANNEL
 from harness.loadgen import PHASE_GRACE_SECONDS, LoadGenerator, merge_phase, phase_latencies_us
@@ -73,17 +73,6 @@ def slab_bytes() -> int:
             if line.startswith("Slab:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 _METRIC = re.compile(rb"^wsd_publish_delivery_seconds_(sum|count|bucket)(\{[^}]*\})? ([0-9.e+-]+|\+Inf)$", re.M)

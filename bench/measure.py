@@ -41,6 +41,17 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """CPU seconds the processes have used so far; one that has exited counts nothing."""
+    total = 0.0
+    for process in processes:
+        try:
+            total += _cpu_seconds(process)
+        except psutil.Error:
+            pass
+    return total
+
+
 def percentile(sorted_values: list[int], fraction: float) -> int:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
