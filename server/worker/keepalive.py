@@ -7,6 +7,11 @@ Every `interval_s` each connection gets a WebSocket ping; a connection from whic
 timeout` and aborted. There is no timer per connection: one sweep a tick walks a snapshot of the
 sessions taken at the start of each round, pinging the ones whose turn has come (spread over the
 round so pings never go out in one burst) and checking, `timeout_s` later, the ones pinged.
+
+A tick that comes late (the loop was stalled: a burst of work, or the box's cores taken) checks
+nobody: timers run before the loop reads its sockets, so the pongs that arrived during the stall
+are still unread, and their senders would be closed as silent. The checks wait for the next tick,
+after one round of reads.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from picows import WSCloseCode
 log = logging.getLogger("wsd.worker")
 
 SPREAD = 0.9  # pings of a round go out over this share of the interval
+STALL_S = 1.0  # a tick this long after the one before follows a stalled loop
 
 
 class _Round:
@@ -50,14 +56,23 @@ class Keepalive:
         # tick would ping whoever connected in the worker's first half second at once.
         self.round_started: float | None = clock()
         self.timeouts = 0
+        self.last_tick: float | None = None
+        self.deferring = False
+        self.deferred_checks = 0  # ticks that checked nobody because they followed a stall
 
     def tick(self) -> None:
         now = self.clock()
+        # At most one tick in a row defers: the loop read its sockets between two ticks, so under a
+        # loop that stays slow the checks still happen, every other tick.
+        stalled = self.last_tick is not None and now - self.last_tick > STALL_S and not self.deferring
+        self.last_tick, self.deferring = now, stalled
+        if stalled:
+            self.deferred_checks += 1
         if self.round_started is None or now - self.round_started >= self.interval_s:
             self.round_started = now
             self.rounds.append(_Round(now, list(self.sessions())))
         for round_ in list(self.rounds):
-            self._advance(round_, now)
+            self._advance(round_, now, check=not stalled)
             if round_.checked == len(round_.sessions):
                 self.rounds.remove(round_)
 
@@ -67,12 +82,14 @@ class Keepalive:
         share = elapsed / (SPREAD * self.interval_s)
         return min(len(round_.sessions), int(len(round_.sessions) * share) + 1) if share < 1 else len(round_.sessions)
 
-    def _advance(self, round_: _Round, now: float) -> None:
+    def _advance(self, round_: _Round, now: float, check: bool) -> None:
         sessions = round_.sessions
         due = self._due(round_, now - round_.started)
         while round_.pinged < due:
             sessions[round_.pinged].send_keepalive_ping()
             round_.pinged += 1
+        if not check:
+            return
         due = min(round_.pinged, self._due(round_, now - round_.started - self.timeout_s))
         while round_.checked < due:
             session = sessions[round_.checked]

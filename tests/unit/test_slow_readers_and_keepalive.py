@@ -150,3 +150,45 @@ def test_a_round_with_nobody_does_not_start_the_next_one_early() -> None:
     clock.now += 5.0
     keepalive.tick()
     assert newcomer.pings == 1
+
+
+class LatePonger(Session):
+    """A live peer whose pong is still unread in the socket when a late tick runs (the loop stalled)."""
+
+    def send_keepalive_ping(self) -> None:
+        self.pings += 1
+        self.heard = False
+
+
+def test_a_tick_after_a_stalled_loop_checks_nobody_until_the_loop_has_read() -> None:
+    # Timers run before the loop reads its sockets: after a 12 s stall the pong of a ping sent
+    # just before it is still unread, and the peer was closed as silent.
+    clock = Clock()
+    live, silent = LatePonger(answers=True), Session(answers=False)
+    keepalive = Keepalive(lambda: [live, silent], interval_s=2.0, timeout_s=2.0, clock=clock)
+    clock.now += 2.0
+    keepalive.tick()
+    clock.now += 1.0
+    keepalive.tick()
+    assert live.pings == silent.pings == 1
+    clock.now += 12.0  # the loop stalls
+    keepalive.tick()
+    assert live.closed is None and silent.closed is None
+    assert keepalive.deferred_checks == 1
+    live.heard = True  # the loop's next read round takes the pong
+    clock.now += 0.5
+    keepalive.tick()
+    assert live.closed is None
+    assert silent.closed == (1011, "ping timeout", True)
+
+
+def test_a_loop_that_stays_slow_still_closes_the_silent() -> None:
+    clock = Clock()
+    silent = Session(answers=False)
+    keepalive = Keepalive(lambda: [silent], interval_s=10.0, timeout_s=2.0, clock=clock)
+    clock.now += 10.0
+    keepalive.tick()
+    for _ in range(3):  # every tick comes 3 s late
+        clock.now += 3.0
+        keepalive.tick()
+    assert silent.closed is not None
