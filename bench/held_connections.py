@@ -92,6 +92,16 @@ def delivery_histogram(api_url: str) -> dict[str, float]:
     return found
 
 
+_DISCONNECTS = re.compile(rb'^wsd_disconnects_total\{code="([^"]+)"\} ([0-9.e+-]+)$', re.M)
+
+
+def server_disconnects(api_url: str) -> dict[str, int]:
+    """wsd's closed connections by close code (wsd_disconnects_total), the codes seen only."""
+    with urllib.request.urlopen(f"{api_url}/metrics", timeout=30) as response:
+        text = response.read()
+    return {code.decode(): int(float(n)) for code, n in _DISCONNECTS.findall(text) if float(n)}
+
+
 def server_part(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """What one broadcast added to wsd's histogram: deliveries, mean publish-to-written, the bucket
     the last worker's write fell in."""
@@ -213,8 +223,13 @@ def run_server(args: argparse.Namespace, name: str) -> dict[str, Any]:
                 time.sleep(0.6)  # the workers write their stats twice a second
                 entry["server"] = server_part(histogram_before, delivery_histogram(server.wsd.api_url))
             broadcasts.append(entry)
+            if server.wsd:
+                entry["server_disconnects"] = server_disconnects(server.wsd.api_url)
+            lost = ""
+            if check["disconnected"]:
+                lost = f"{check['disconnected']:,} disconnected {check['disconnect_reasons']}, "
             print(
-                f"{name}: broadcast {seq}: {check['deliveries']:,}/{check['expected_deliveries']:,}, "
+                f"{name}: broadcast {seq}: {check['deliveries']:,}/{check['expected_deliveries']:,}, {lost}"
                 f"p50 {entry['p50_ms']:.0f} p99 {entry['p99_ms']:.0f} max {entry['max_ms']:.0f} ms; "
                 f"CPU server {server_cpu:.2f} s, load generator {client_cpu:.2f} s"
                 + (
@@ -266,19 +281,20 @@ def markdown_report(report: dict[str, Any]) -> str:
         "Broadcasts (publish → each delivery, over all connections; CPU while it lasted):",
         "",
         "| server | # | delivered | p50 ms | p99 ms | max ms | server CPU s | load generator CPU s | "
-        "wsd: all written by (mean) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "wsd: all written by (mean) | disconnected (why) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, result in report["servers"].items():
         for b in result["broadcasts"]:
             written = ""
             if "server" in b:
                 written = f"≤ {b['server']['all_written_by_ms']:,.0f} ms ({b['server']['mean_written_ms']:,.0f})"
+            why = f" {b['disconnect_reasons']}; server's close codes {b.get('server_disconnects', {})}"
             lines.append(
                 f"| {name} | {b['seq']} | {b['deliveries']:,} / {b['expected_deliveries']:,} | {b['p50_ms']:,.0f} "
                 f"| {b['p99_ms']:,.0f} | {b['max_ms']:,.0f} | {b['server_cpu_s']:.2f} "
                 f"| {b['load_generator_cpu_s']:.2f} "
-                f"| {written} |"
+                f"| {written} | {b['disconnected']:,}" + (why if b["disconnected"] else "") + " |"
             )
     machine = report["machine"]
     lines += [

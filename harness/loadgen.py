@@ -433,6 +433,10 @@ class ClientProcess:
                 "first_receive_ns": recorder.first_receive_ns,
                 "last_receive_ns": recorder.last_receive_ns,
                 "disconnected": sum(listener.error is not None for _index, listener in self.listeners),
+                # Why: "closed by server: 1011 ping timeout", "disconnected" (no close frame), ...
+                "disconnect_reasons": dict(
+                    Counter(listener.error for _index, listener in self.listeners if listener.error).most_common(5)
+                ),
                 "latencies_us": recorder.latencies_us.tobytes(),
             }
         )
@@ -613,6 +617,9 @@ def merge_phase(reports: list[dict], expected_per_connection: int, first_offset:
         "out_of_order": sum(r["out_of_order"] for r in reports),
         "wrong_first_offset": wrong_start,
         "disconnected": sum(r["disconnected"] for r in reports),
+        "disconnect_reasons": dict(
+            sum((Counter(r.get("disconnect_reasons", {})) for r in reports), Counter()).most_common(5)
+        ),
         "last_receive_ns": max(r["last_receive_ns"] for r in reports),
     }
 

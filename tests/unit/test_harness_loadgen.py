@@ -19,6 +19,7 @@ def report(connections: int, received: int, complete: int, first_offsets: dict, 
         "out_of_order": extra.get("out_of_order", 0),
         "first_offsets": first_offsets,
         "disconnected": extra.get("disconnected", 0),
+        "disconnect_reasons": extra.get("disconnect_reasons", {}),
         "last_receive_ns": extra.get("last_receive_ns", 0),
         "latencies_us": array("q", extra.get("latencies", [])).tobytes(),
     }
@@ -30,19 +31,29 @@ def test_a_complete_phase_checks_clean():
     check = merge_phase(reports, 10, 41)
     assert check == {
         "expected_deliveries": 50, "deliveries": 50, "missing": 0, "extra": 0, "incomplete_connections": 0,
-        "out_of_order": 0, "wrong_first_offset": 0, "disconnected": 0, "last_receive_ns": 9,
+        "out_of_order": 0, "wrong_first_offset": 0, "disconnected": 0, "disconnect_reasons": {},
+        "last_receive_ns": 9,
     }  # fmt: skip
 
 
 def test_lost_reordered_and_wrongly_started_deliveries_are_counted():
     reports = [
-        report(2, 17, 1, {"41": 1, "44": 1}, out_of_order=2, disconnected=1),
-        report(1, 11, 1, {"41": 1}),
+        report(
+            2,
+            17,
+            1,
+            {"41": 1, "44": 1},
+            out_of_order=2,
+            disconnected=1,
+            disconnect_reasons={"closed by server: 1011 b'ping timeout'": 1},
+        ),
+        report(1, 11, 1, {"41": 1}, disconnected=1, disconnect_reasons={"closed by server: 1011 b'ping timeout'": 1}),
     ]
     check = merge_phase(reports, 10, 41)
     assert (check["expected_deliveries"], check["deliveries"]) == (30, 28)
     assert (check["missing"], check["extra"], check["incomplete_connections"]) == (2, 0, 1)
-    assert (check["out_of_order"], check["wrong_first_offset"], check["disconnected"]) == (2, 1, 1)
+    assert (check["out_of_order"], check["wrong_first_offset"], check["disconnected"]) == (2, 1, 2)
+    assert check["disconnect_reasons"] == {"closed by server: 1011 b'ping timeout'": 2}
 
 
 def test_extra_deliveries_are_not_hidden_by_missing_ones_elsewhere():
