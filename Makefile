@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 SOURCES := setup.py pyproject.toml $(shell find server ext balancer -type f \( -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name '*.html' -o -name '*.js' \))
 
-.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-held bench-auth bench-auth-cost bench-peers bench-api bench-cluster dashboard-screenshot system-deps
+.PHONY: run run-auth test install lint clean autobahn fuzz chaos bench-fanout bench-compression bench-connections bench-held bench-auth bench-auth-cost bench-peers bench-api bench-cluster bench-process-memory dashboard-screenshot system-deps
 
 # picows before the build: ext/connmem.pyx compiles against picows's declarations (picows.pxd).
 $(PY):
@@ -123,6 +123,11 @@ bench-api: install
 # (npm ci, pip, apt-get redis-server as root), writes bench/results/peers-*.
 bench-peers: install
 	flock /tmp/wsd-bench.lock $(PY) -m bench.peers.run --setup --tag 2core-10k
+
+# The fixed memory cost of each process: an idle `wsd serve --workers 2`, per process VmRSS, RssAnon,
+# RssFile, PSS and the largest mappings; writes bench/results/process-memory-* (see bench/process_memory.py).
+bench-process-memory: install
+	flock /tmp/wsd-bench.lock $(PY) -m bench.process_memory --workers 2 --tag 2w
 
 # The cross-host bus: three hosts (network namespaces, as root) sharing one Redis, 10,000 subscribers,
 # wsd --cluster against socket.io 4 + @socket.io/redis-adapter in the same run (npm ci as needed);
