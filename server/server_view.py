@@ -75,15 +75,22 @@ class ServerObserver:
     checks. `observe()` runs on the worker's stats tick, so a wedged bus or an unheld role is
     seen even when nobody asks for a while."""
 
-    def __init__(self, segments: Sequence[Segment], workers: int, version: str):
+    def __init__(self, segments: Sequence[Segment], workers: int, version: str | Callable[[], str]):
         self.segments = segments
         self.workers = workers
-        self.version = version
+        # The installed version, or how to find it (called on the first metrics snapshot).
+        self._version = version
         self.progress = BusProgress()
         self.role_watch = RoleWatch()
         # With --cluster: a callable returning the shards' state (wsd.server.stats.ShardState)
         # for the Redis check and the cluster families. The cluster wiring (issue 11) sets it.
         self.cluster_state: Callable[[], Sequence[ShardState]] | None = None
+
+    @property
+    def version(self) -> str:
+        if callable(self._version):
+            self._version = self._version()
+        return self._version
 
     def view(self) -> ServerView:
         return read_view(self.segments, self.workers)

@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import resource
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,6 +378,8 @@ def load_toml(path: str) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    import tomllib  # here: a worker never reads a file, and need not hold the parser
+
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as exc:

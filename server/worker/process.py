@@ -31,7 +31,6 @@ from wsd.server.auth.tokens import Identity
 from wsd.server.bus.broker import ShmBroker
 from wsd.server.bus.provision import attach as attach_bus
 from wsd.server.bus.tick import Periodic
-from wsd.server.control.cli import installed_version
 from wsd.server.control.config import Config, ConfigError
 from wsd.server.control.security import load_security
 from wsd.server.logs import current_level, flush_suppressed, level_name, set_level, setup_logging
@@ -113,7 +112,7 @@ class Worker:
         self.keepalive = Keepalive(lambda: self.sessions, config.ping_interval, config.ping_timeout)
         self.stopping = False  # refusing new sessions: stopping or draining
         self.drain: Drain | None = None
-        self.observer = ServerObserver(self.segments, self.segments[0].workers, installed_version())
+        self.observer = ServerObserver(self.segments, self.segments[0].workers, _installed_version)
         self._ticks = 0
         self.hosts_api = None  # with --cluster: wsd.server.cluster.api_hosts.HostsApi
 
@@ -402,6 +401,14 @@ def _settle_as_api(done: asyncio.Future, answer: asyncio.Future) -> None:
         answer.set_exception(PublishError(exc.status, str(exc)))
     else:
         answer.set_exception(exc)
+
+
+def _installed_version() -> str:
+    # Asked on the first /metrics scrape only: importlib.metadata (email, zipfile, csv, ...) and the
+    # command line's module (argparse) would cost a plain worker ~2.5 MiB for a string.
+    from wsd.server.control.cli import installed_version
+
+    return installed_version()
 
 
 def _stop_when_the_supervisor_dies(supervisor_pid: int) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsd.server.api.http11 import CloseState, HttpConnection, HttpLimits, Request, Response
+from wsd.server.api.http11 import CloseState, HttpConnection, HttpLimits, Request, Response, http_date
 
 JSON = b"application/json"
 
@@ -110,6 +110,13 @@ GET = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 # --- Parsing and pipelining -----------------------------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=253402300799))  # up to 9999-12-31 23:59:59
+def test_the_date_header_is_written_as_email_utils_writes_it(timestamp: int) -> None:
+    from email.utils import formatdate
+
+    assert http_date(timestamp) == formatdate(timestamp, usegmt=True)
 
 
 def test_a_request_is_parsed_and_its_response_encoded() -> None:
