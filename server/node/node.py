@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from picows import WSCloseCode
+from picows.picows import WSCloseCode
 
 from wsd.ext.frames import msg_frame, text_frame
 from wsd.server.auth.gate import AuthGate

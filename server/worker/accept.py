@@ -21,7 +21,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from picows.api import _resolve_logger
 from picows.picows import MemoryBuffer, WSAutoPingStrategy, WSProtocol
 
 from wsd.ext.connmem import SharedReadBuffer
@@ -170,7 +169,7 @@ async def create_peer_aware_server(
     create_server (not aiofastnet, which wsd does not use)."""
     if use_aiofastnet:
         raise ValueError("wsd serves on uvloop's create_server, not aiofastnet")
-    logger = _SharedLogger(_resolve_logger(None, "server"))
+    logger = _SharedLogger(logging.getLogger("picows.server"))  # as ws_create_server names it
     shared = shared_read_buffer()
 
     def make_protocol() -> WSProtocol:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from picows import WSCloseCode
+from picows.picows import WSCloseCode
 
 log = logging.getLogger("wsd.worker")
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from picows import WSCloseCode
+from picows.picows import WSCloseCode
 
 log = logging.getLogger("wsd.worker")
 

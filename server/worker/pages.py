@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from picows import WSUpgradeResponse
+from picows.common import WSUpgradeResponse
 
 # Package data of wsd.server.static: served the same from a wheel, an sdist or a checkout.
 STATIC_DIR = Path(__file__).parent.parent / "static"

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import uvloop
-from picows import WSCloseCode
+from picows.picows import WSCloseCode
 
 from wsd.server.api import PublishError, make_api_protocol_factory, start_api_server
 from wsd.server.auth.tokens import Identity

@@ -20,7 +20,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows.common import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from wsd.server.auth import FORBIDDEN
 from wsd.server.auth.gate import NEEDS_AUTH_MESSAGE, AuthGate, http_refusal_body

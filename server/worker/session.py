@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any, Protocol
 
-from picows import WSCloseCode
+from picows.picows import WSCloseCode
 
 from wsd.ext.frames import text_frame
 from wsd.server.auth import POLICY_VIOLATION

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows.picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from wsd.ext.connmem import trim_transport
 from wsd.server.permessage_deflate import TAIL, Deflate, compress
