@@ -7,7 +7,6 @@ response timing says nothing about how much of a guess was right.
 
 from __future__ import annotations
 
-import hmac
 import os
 
 MIN_API_KEY_LENGTH = 16
@@ -67,7 +66,9 @@ def bearer_matches(authorization: bytes | str | None, key: bytes) -> bool:
     scheme, _, credentials = authorization.strip().partition(b" ")
     if scheme.lower() != b"bearer":
         return False
-    return hmac.compare_digest(credentials.strip(), key)
+    from hmac import compare_digest  # here: importing hmac loads OpenSSL, which the supervisor never needs
+
+    return compare_digest(credentials.strip(), key)
 
 
 UNAUTHORIZED_BODY = b'{"error":"unauthorized: this API needs the header Authorization: Bearer <api key>"}'

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import datetime
 import os
-import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 # cryptography (several MiB of RSS per process) is imported only where a certificate is read: every
 # worker imports this module, and most serve without TLS.
@@ -70,6 +73,8 @@ def load_server_context(
     cert_file: str, key_file: str, *, cert_flag: str = "--tls-cert", key_flag: str = "--tls-key"
 ) -> ssl.SSLContext:
     """A server context for `cert_file` (PEM, the leaf first, then intermediates) and `key_file`."""
+    import ssl  # here: the supervisor loads OpenSSL only when TLS is configured
+
     _check_readable(cert_file, cert_flag)
     _check_readable(key_file, key_flag)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -83,6 +82,8 @@ def merge(node_id: str, statuses: list[dict]) -> dict[str, Any]:
                 rtts.setdefault(shard["url"], []).append(shard["publish_rtt_ms"])
     for url, merged in shards.items():
         values = rtts.get(url)
+        import statistics  # here: it imports decimal and fractions, and the supervisor imports this module
+
         merged["publish_rtt_ms"] = round(statistics.median(values), 3) if values else None
     shard_list = sorted(shards.values(), key=lambda shard: shard["url"])
     owners = [status.get("owner", {}) for status in statuses]

@@ -12,8 +12,8 @@ API on a public address refuses to start).
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wsd.server.auth.apikey import ApiKeySettingsError, load_api_key
 from wsd.server.auth.exposure import api_protection_error, open_access_warning
@@ -23,6 +23,9 @@ from wsd.server.auth.origin import OriginPolicy, OriginSettingsError
 from wsd.server.auth.ratelimit import RateLimiter
 from wsd.server.auth.tls import TLSSettingsError, load_server_context
 from wsd.server.control.config import Config, ConfigError, auth_settings
+
+if TYPE_CHECKING:
+    import ssl  # only with TLS configured does a process need OpenSSL's contexts
 
 
 @dataclass(frozen=True, slots=True)

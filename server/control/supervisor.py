@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import http.client
 import json
 import logging
 import math
 import os
-import secrets
 import select
 import shutil
 import signal
-import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -62,7 +59,7 @@ from wsd.server.control.status import totals, workers_status
 from wsd.server.logs import current_level, flush_suppressed, level_number, set_level, setup_logging
 from wsd.server.sd_notify import Notifier
 from wsd.server.worker.address_limits import create_counts_memfd, zero_region
-from wsd.server.worker.intercom import ASK_TIMEOUT_S, IntercomError, ask_blocking
+from wsd.server.worker.intercom_wire import ASK_TIMEOUT_S, IntercomError, ask_blocking
 
 log = logging.getLogger("wsd.supervisor")
 
@@ -101,8 +98,9 @@ class Supervisor:
         if 2 * self.workers > MAX_SLOTS:
             raise SystemExit(f"wsd: {self.workers} workers requested; at most {MAX_SLOTS // 2} are supported")
         self.connection_limit = per_worker_connection_limit(config, self.workers)
-        self.run_id = f"{os.getpid()}{secrets.token_hex(2)}"
-        self.epoch = secrets.randbits(31) | 1
+        # os.urandom, as the secrets module reads it (importing secrets loads OpenSSL, through hmac).
+        self.run_id = f"{os.getpid()}{os.urandom(2).hex()}"
+        self.epoch = int.from_bytes(os.urandom(4), "little") >> 1 | 1
         self.slots: list[WorkerSlot] = []
         self.bus: Bus | None = None
         self.segments: list[Segment] = []
@@ -171,7 +169,7 @@ class Supervisor:
         """The bus first: reserving its memory is what most often cannot be done, and failing
         here leaves nothing behind (docs/bus.md, "Shared memory")."""
         layout = SegmentLayout(self.config.ring_size, self.config.channel_table_slots)
-        hash_secret = secrets.token_bytes(HASH_SECRET_SIZE)  # channel identity, per server (docs/bus.md)
+        hash_secret = os.urandom(HASH_SECRET_SIZE)  # channel identity, per server (docs/bus.md)
         try:
             self.bus = Bus.create(self.workers, layout, self.epoch, hash_secret)
         except BusSetupError as exc:
@@ -681,7 +679,13 @@ class Supervisor:
         headers = {"Content-Type": "application/json"}
         if self.api_key is not None:
             headers["Authorization"] = f"Bearer {self.api_key.decode()}"
+        # Imported here: only `wsd ctl publish` needs them (http.client brings the email package,
+        # ssl OpenSSL: ~6 MiB of the supervisor's memory for a command most servers never get).
+        import http.client
+
         if self.config.api_tls_cert is not None:
+            import ssl
+
             # Our own listener, on this host: its certificate names the public host, not this address.
             context = ssl.create_default_context()
             context.check_hostname = False

@@ -15,10 +15,8 @@ at zero, and a worker that never counts never touches the pages).
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
-import secrets
 from typing import Any
 
 from wsd.ext.atomics import add_u32
@@ -35,7 +33,7 @@ def create_counts_memfd(bus_slots: int) -> tuple[int, bytes]:
     fd = os.memfd_create("wsd-address-counts", os.MFD_CLOEXEC)
     os.ftruncate(fd, bus_slots * REGION_BYTES)
     os.posix_fallocate(fd, 0, bus_slots * REGION_BYTES)
-    return fd, secrets.token_bytes(SECRET_SIZE)
+    return fd, os.urandom(SECRET_SIZE)  # what secrets.token_bytes reads
 
 
 def zero_region(fd: int, bus_slot: int) -> None:
@@ -47,6 +45,11 @@ class AddressLimiter:
     """One worker's view of the shared counts: admit or refuse a handshake from an address."""
 
     def __init__(self, fd: int, secret: bytes, limit: int, bus_slot: int):
+        # Imported only where the limit is on: hashlib loads OpenSSL, and the supervisor imports this
+        # module for create_counts_memfd.
+        from hashlib import blake2b
+
+        self._blake2b = blake2b
         self.map = mmap.mmap(fd, 0)
         self.regions = len(self.map) // REGION_BYTES
         self.own = bus_slot * REGION_BYTES
@@ -55,7 +58,7 @@ class AddressLimiter:
         self.held: dict[Any, tuple[int, ...]] = {}  # session -> its counters (offsets in a region)
 
     def _counters(self, address: str) -> tuple[int, ...]:
-        digest = hashlib.blake2b(address.encode(), key=self.secret, digest_size=4 * ROWS).digest()
+        digest = self._blake2b(address.encode(), key=self.secret, digest_size=4 * ROWS).digest()
         return tuple(
             row * _ROW_BYTES + 4 * (int.from_bytes(digest[4 * row : 4 * row + 4], "little") % COUNTERS)
             for row in range(ROWS)

@@ -18,27 +18,26 @@ import asyncio
 import inspect
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 
+# The wire and the blocking client live apart from asyncio, for the supervisor; they are part of this
+# module's interface too.
+from wsd.server.worker.intercom_wire import (  # noqa: F401 - re-exported
+    ASK_TIMEOUT_S,
+    MAX_ANSWER_BYTES,
+    MAX_REQUEST_BYTES,
+    IntercomError,
+    ask_blocking,
+    decode_answer,
+    socket_path,
+)
+
 log = logging.getLogger("wsd.intercom")
 
-ASK_TIMEOUT_S = 3.0  # a peer that has not answered by then counts as not answering
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a channel list of a busy worker
-
 Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
-
-
-def socket_path(directory: str, bus_slot: int) -> str:
-    return os.path.join(directory, f"worker-{bus_slot}.sock")
-
-
-class IntercomError(Exception):
-    """A peer did not answer (gone, stopped, timed out) or answered with an error."""
 
 
 class IntercomServer:
@@ -110,7 +109,7 @@ async def ask(directory: str, bus_slot: int, request: dict[str, Any], timeout: f
         raise IntercomError(f"no answer within {timeout:g} s") from None
     except (OSError, ValueError) as exc:
         raise IntercomError(f"cannot reach it ({exc.strerror if isinstance(exc, OSError) else exc})") from None
-    return _decode(line)
+    return decode_answer(line)
 
 
 async def ask_all(
@@ -126,39 +125,3 @@ async def ask_all(
         else:
             answers[bus_slot] = IntercomError(f"failed: {outcome!r}")
     return answers
-
-
-def ask_blocking(directory: str, bus_slot: int, request: dict[str, Any], timeout: float) -> dict:
-    """`ask` for a process without an event loop (the supervisor, for `wsd ctl`)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(socket_path(directory, bus_slot))
-            sock.sendall(orjson.dumps(request) + b"\n")
-            received = bytearray()
-            while not received.endswith(b"\n"):
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                received += chunk
-                if len(received) > MAX_ANSWER_BYTES:
-                    raise IntercomError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
-        except TimeoutError:
-            raise IntercomError(f"no answer within {timeout:g} s") from None
-        except OSError as exc:
-            raise IntercomError(f"cannot reach it ({exc.strerror or exc})") from None
-    return _decode(bytes(received))
-
-
-def _decode(line: bytes) -> dict:
-    if not line:
-        raise IntercomError("it closed the connection without answering")
-    try:
-        answer = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise IntercomError(f"its answer is not JSON ({exc})") from None
-    if not isinstance(answer, dict):
-        raise IntercomError("its answer is not a JSON object")
-    if "error" in answer:
-        raise IntercomError(str(answer["error"]))
-    return answer
