@@ -5,7 +5,9 @@ Starts wsd from a temporary directory (only the ports and the worker count on it
 /proc/PID/status (VmRSS, RssAnon, RssFile, RssShmem) and /proc/PID/smaps (PSS, and the mappings
 holding the most resident memory: the Python allocator's arenas and malloc's heap are "[anon]" and
 "[heap]", a shared library or extension by its file name), and the shared objects each one loaded
-(from /proc/PID/maps: the part of an import that costs file pages).
+(from /proc/PID/maps: the part of an import that costs file pages). By default it first subscribes
+and publishes once, so what a process imports on first use counts. It also lists the shared memory
+the supervisor reserved (the bus segments' memfds): allocated whole at start, in no RSS until touched.
 
 This is the per-process cost the issue's figure (server RSS / connections) spreads over the
 connections: at 19,000 connections on 2 workers, each MiB of it is ~55 bytes per connection.
@@ -79,6 +81,35 @@ def shared_objects(pid: int) -> list[str]:
     return sorted(names)
 
 
+def reserved_shared_memory(pid: int) -> dict[str, int]:
+    """The memfds `pid` holds (the bus segments, the per-address counts) and their sizes in bytes:
+    the supervisor allocates them whole at start (posix_fallocate), so they are memory in use
+    although no process's RSS counts a page of them until it touches it."""
+    found: dict[str, int] = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+            if target.startswith("/memfd:"):
+                name = target.removeprefix("/memfd:").removesuffix(" (deleted)")
+                found[name] = os.stat(fd).st_size
+        except OSError:
+            continue
+    return dict(sorted(found.items()))
+
+
+def use_once(server: WsdProcess) -> None:
+    """One subscription and one publish through it, so what a process imports on first use counts."""
+    import json
+
+    from websockets.sync.client import connect
+
+    with connect(server.url, open_timeout=10) as ws:
+        ws.send(json.dumps({"op": "sub", "ch": "process-memory", "id": 1}))
+        json.loads(ws.recv(timeout=10))
+        server.publish("process-memory", {"hello": 1})
+        json.loads(ws.recv(timeout=10))
+
+
 def measure_process(process: psutil.Process, top: int) -> dict[str, Any]:
     status = read_status(process.pid)
     pss, resident = read_smaps(process.pid)
@@ -97,11 +128,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = WsdProcess(Path(directory), workers=args.workers, flags=args.wsd_flags.split())
         server.start()
         try:
+            if not args.untouched:
+                use_once(server)
             time.sleep(args.settle)
-            measured = [measure_process(p, args.top) for p in server.processes().values()]
+            processes = list(server.processes().values())
+            measured = [measure_process(p, args.top) for p in processes]
+            reserved = reserved_shared_memory(processes[0].pid)
         finally:
             server.kill()
-    return {"processes": measured}
+    return {"processes": measured, "reserved_shared_memory_bytes": reserved}
 
 
 def _mib(kib: float) -> str:
@@ -112,13 +147,14 @@ def markdown_report(report: dict[str, Any]) -> str:
     processes = report["result"]["processes"]
     total = sum(p["status_kib"]["VmRSS"] for p in processes)
     total_pss = sum(p["pss_kib"] for p in processes)
+    when = "right after start-up" if report["parameters"]["untouched"] else "after one subscription and one publish"
     lines = [
         f"# Process memory: idle `wsd serve --workers {report['parameters']['workers']}`",
         "",
         f"Command: `{report['command']}`. Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
         f"Linux {report['machine']['kernel']}, Python {report['machine']['python']}. Started {report['started']}.",
         "",
-        "MiB per process (from /proc/PID/status and smaps), no connections:",
+        "MiB per process (from /proc/PID/status and smaps), no connection open:",
         "",
         "| process | VmRSS | RssAnon | RssFile | RssShmem | PSS |",
         "|---|---:|---:|---:|---:|---:|",
@@ -132,6 +168,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += [
         f"| **all** | **{_mib(total)}** | | | | **{_mib(total_pss)}** |",
         "",
+        f"Measured {when} and {report['parameters']['settle']:g} s idle.",
+        "",
         "Resident MiB of the largest mappings (`[anon]`: unnamed anonymous memory, mostly the Python "
         "allocator's arenas; `[heap]`: malloc's heap):",
         "",
@@ -139,6 +177,14 @@ def markdown_report(report: dict[str, Any]) -> str:
     for p in processes:
         mappings = ", ".join(f"{name} {_mib(kib)}" for name, kib in p["top_mappings_kib"].items())
         lines.append(f"- {p['title']}: {mappings}")
+    reserved = report["result"].get("reserved_shared_memory_bytes", {})
+    if reserved:
+        lines += [
+            "",
+            f"Shared memory the supervisor reserved at start (memfds, allocated whole; a page counts in an RSS "
+            f"only once a process touched it): **{_mib(sum(reserved.values()) / KIB)} MiB**, "
+            + ", ".join(f"{name} {_mib(size / KIB)}" for name, size in reserved.items()),
+        ]
     lines += ["", "Shared objects loaded (the libraries by name; every one is in the JSON):", ""]
     for p in processes:
         libraries = [name for name in p["shared_objects"] if name.startswith(("lib", "ld-"))]
@@ -155,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait after every worker serves")
+    parser.add_argument("--untouched", action="store_true",
+                        help="measure right after start-up (default: after one subscription and publish)")
     parser.add_argument("--top", type=int, default=10, help="mappings listed per process")
     parser.add_argument("--wsd-flags", default="", help="extra `wsd serve` flags")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
