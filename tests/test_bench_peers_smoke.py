@@ -1,4 +1,4 @@
-"""Smoke test of `python -m bench.peers.run`: wsd and the Node `ws` peer, 200 subscribers, every
+"""Smoke test of `python -m bench.peers.run`: wsd, the Node `ws` peer and wsd --cluster (Redis), 200 subscribers, every
 workload in miniature, through the shared load generator (harness.loadgen) and its Cython listener
 (harness/fastlisten.pyx, built at run time); checks the report is complete and well formed. No
 timing is asserted: the numbers of a run this small mean nothing."""
@@ -30,8 +30,9 @@ def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: P
         if setup.returncode != 0:
             pytest.skip(f"npm ci for bench/peers/node_ws failed (no registry?): {setup.stderr[-500:]}")
     command = [
-        sys.executable, "-m", "bench.peers.run", "--peers", "wsd,node_ws", "--subscribers", str(SUBSCRIBERS),
-        "--client-processes", "1", "--messages", str(MESSAGES), "--rounds", "1", "--rates", "5",
+        sys.executable, "-m", "bench.peers.run", "--peers", "wsd,node_ws,wsd_cluster",
+        "--subscribers", str(SUBSCRIBERS), "--client-processes", "1", "--messages", str(MESSAGES),
+        "--rounds", "1", "--rates", "5",
         "--paced-seconds", "2", "--targeted-messages", "2", "--targeted-rounds", "1",
         "--out", str(tmp_path), "--tag", "smoke",
     ]  # fmt: skip
@@ -41,10 +42,11 @@ def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: P
     report = json.loads((tmp_path / "peers-smoke.json").read_text())
     markdown = (tmp_path / "peers-smoke.md").read_text()
     assert markdown.startswith("# Fan-out against the peers")
-    assert "| wsd |" in markdown and "| node_ws |" in markdown
+    assert "| wsd |" in markdown and "| node_ws |" in markdown and "| wsd_cluster |" in markdown
+    assert "wsd with `--cluster` (Redis) / node_ws:" in markdown
     for key in ("parameters", "machine", "command", "results"):
         assert key in report, f"report lacks {key!r}"
-    for name in ("wsd", "node_ws"):
+    for name in ("wsd", "node_ws", "wsd_cluster"):
         result = report["results"][name]
         assert "error" not in result, result.get("error")
         assert result["load_generator"] == "picows, Cython listener (harness/fastlisten.pyx)"

@@ -1,6 +1,7 @@
 """Fan-out against the peers: the same workloads, the same load generator (harness.loadgen),
-against wsd (2 workers), Node.js `ws`, socket.io 4 + Redis adapter on 2 processes, and Python
-`websockets` with broadcast(). Each peer is installed by `--setup` (npm ci, pip, apt for Redis),
+against wsd (2 workers), Node.js `ws`, socket.io 4 + Redis adapter on 2 processes, Python
+`websockets` with broadcast(), and wsd as one host of a cluster (`wsd_cluster`: `--cluster` on a
+local redis-server, every message through Redis). Each peer is installed by `--setup` (npm ci, pip, apt for Redis),
 started here on free ports, measured, and stopped before the next one starts.
 
 Workloads, with N subscribers each on the shared channel and on its own `user:<i>`:
@@ -52,7 +53,7 @@ from harness.publisher import Publisher
 from harness.wsd_process import WsdProcess
 
 PEERS_DIR = Path(__file__).resolve().parent
-ALL_PEERS = ["wsd", "node_ws", "socketio", "websockets"]
+ALL_PEERS = ["wsd", "node_ws", "socketio", "websockets", "wsd_cluster"]
 ALL_WORKLOADS = ["burst", "paced", "targeted", "handshakes"]
 TARGETED_BATCH = 1000  # wsd's publish_batch limit
 HANDSHAKE_FIRST_ADDRESS = 100  # the handshake rounds connect from 127.0.0.100, .101, ...
@@ -71,7 +72,7 @@ def setup_peers(peers: list[str]) -> None:
             _run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEERS_DIR / name)
     if "websockets" in peers and importlib.util.find_spec("websockets") is None:
         _run([sys.executable, "-m", "pip", "install", "-q", f"websockets=={WEBSOCKETS_VERSION}"])
-    if "socketio" in peers and shutil.which("redis-server") is None:
+    if {"socketio", "wsd_cluster"} & set(peers) and shutil.which("redis-server") is None:
         if os.geteuid() != 0:
             raise RuntimeError("socket.io needs redis-server: apt-get install redis-server (as root)")
         _run(["apt-get", "update", "-q"])
@@ -92,7 +93,7 @@ def peer_missing(name: str) -> str | None:
             return "node is not installed"
         if not (PEERS_DIR / name / "node_modules").is_dir():
             return f"bench/peers/{name}/node_modules missing (run with --setup)"
-    if name == "socketio" and shutil.which("redis-server") is None:
+    if name in ("socketio", "wsd_cluster") and shutil.which("redis-server") is None:
         return "redis-server is not installed (run with --setup as root)"
     if name == "websockets" and importlib.util.find_spec("websockets") is None:
         return "Python websockets is not installed (run with --setup)"
@@ -118,18 +119,21 @@ class RunningPeer:
             self.wsd.start()
             self.urls, self.api_port = [self.wsd.url], self.wsd.api_port
             self.version = f"wsd {workers} workers"
+        elif self.name == "wsd_cluster":
+            # One host of a cluster: every message goes through Redis (its CPU is the server's too).
+            redis_port = self._start_redis()
+            flags = ["--log-level", "warning", "--cluster", f"redis://127.0.0.1:{redis_port}"]
+            self.wsd = WsdProcess(self.workdir, workers=workers, flags=flags)
+            self.wsd.start()
+            self.urls, self.api_port = [self.wsd.url], self.wsd.api_port
+            self.version = f"wsd {workers} workers --cluster, redis {_redis_version()}"
         elif self.name == "node_ws":
             port = free_port()
             self._spawn(["node", "server.js", str(port)], PEERS_DIR / "node_ws")
             self.urls, self.api_port = [f"ws://127.0.0.1:{port}/"], port
             self.version = "ws " + _node_package_version("node_ws", "ws") + ", node " + _node_version()
         elif self.name == "socketio":
-            redis_port = free_port()
-            self._spawn(
-                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                self.workdir,
-                ready=b"Ready to accept connections",
-            )
+            redis_port = self._start_redis()
             ports = [free_port() for _ in range(workers)]
             for port in ports:
                 self._spawn(["node", "server.js", str(port), str(redis_port)], PEERS_DIR / "socketio")
@@ -150,6 +154,15 @@ class RunningPeer:
         else:
             raise ValueError(f"unknown peer {self.name!r}; known: {', '.join(ALL_PEERS)}")
 
+    def _start_redis(self) -> int:
+        port = free_port()
+        self._spawn(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            self.workdir,
+            ready=b"Ready to accept connections",
+        )
+        return port
+
     def _spawn(self, command: list[str], cwd: Path, ready: bytes = b"ready") -> None:
         log = open(self.workdir / f"{self.name}-{len(self.children)}.log", "wb+")
         process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
@@ -166,9 +179,10 @@ class RunningPeer:
         raise TimeoutError(f"{shlex.join(command)} not ready after 30 s")
 
     def processes(self) -> dict[str, psutil.Process]:
+        found = {f"{Path(p.args[0]).name}:{p.pid}": psutil.Process(p.pid) for p in self.children}
         if self.wsd is not None:
-            return self.wsd.processes()
-        return {f"{Path(p.args[0]).name}:{p.pid}": psutil.Process(p.pid) for p in self.children}
+            found.update(self.wsd.processes())
+        return found
 
     def stop(self) -> None:
         if self.wsd is not None:
@@ -476,6 +490,12 @@ def targeted_section(params: dict, measured: dict, wsd: dict | None) -> list[str
             f"| {t['deliveries']:,}/{t['expected_deliveries']:,}, {t['out_of_order']} out of order "
             f"| {_ratio(wsd['targeted']['messages_per_second']['median'], rate['median']) if wsd else '-'} |"
         )
+    cluster, node = measured.get("wsd_cluster"), measured.get("node_ws")
+    if cluster and node and "targeted" in cluster and "targeted" in node:
+        ratio = _ratio(
+            cluster["targeted"]["messages_per_second"]["median"], node["targeted"]["messages_per_second"]["median"]
+        )
+        lines += ["", f"wsd with `--cluster` (Redis) / node_ws: {ratio}"]
     return lines
 
 
