@@ -30,6 +30,7 @@ from wsd.server.cluster.errors import ClusterError, ClusterReplyError
 from wsd.server.cluster.host import shard_states, status_path, write_status
 from wsd.server.cluster.model import StreamPosition as RedisPosition
 from wsd.server.cluster.owner import SWEEP_S, ChannelOwner
+from wsd.server.cluster.pubsub import BURST_WAIT_S
 from wsd.server.cluster.records import (
     RESYNC,
     SUBSCRIBE,
@@ -103,7 +104,10 @@ class ClusterBroker(ShmBroker):
         self.engine.on_record = self._on_record
         self.delivering: set[bytes] = set()  # channels this process tracks on the bus
         self.asking: dict[int, _Asking] = {}
-        self.ask_timeout_s = 2 * cluster.timeout_s + 1.0
+        # The holder's own subscribe may wait out a burst while Redis keeps answering (up to
+        # BURST_WAIT_S, wsd.server.cluster.pubsub); a holder that died is replaced and asked again
+        # (_interest_again) long before this.
+        self.ask_timeout_s = BURST_WAIT_S + 2 * cluster.timeout_s + 1.0
         self._incarnation = int.from_bytes(os.urandom(8), "little")
         # The server API's part across hosts (wsd.server.cluster.api_hosts.HostsApi.status), set by
         # the worker once it has one: its state goes into this process's status file.

@@ -2,8 +2,11 @@
 handed to the publication callback, a liveness probe, and a rebuild after any loss.
 
 subscribe() returns once Redis confirmed every channel, so nothing published after that can be
-missed. Changes issued in one event-loop iteration go out in one write: consecutive subscribes form
-one SUBSCRIBE command (in a cluster one SSUBSCRIBE per hash slot, as Redis requires), consecutive
+missed. It fails when Redis answers nothing for the timeout, not when a burst of subscribes takes
+longer than that to confirm while Redis keeps answering.
+
+Changes issued in one event-loop iteration go out in one write: consecutive subscribes form one
+SUBSCRIBE command (in a cluster one SSUBSCRIBE per hash slot, as Redis requires), consecutive
 unsubscribes one UNSUBSCRIBE, in the order they were asked for. Redis confirms each command's channels
 in order, so a FIFO of sent commands pairs every confirmation (or error reply) with its waiters.
 
@@ -37,6 +40,9 @@ log = logging.getLogger("wsd.cluster")
 
 # Channels per (S)SUBSCRIBE command: keeps single commands and their replies of moderate size.
 CHANNELS_PER_COMMAND = 1000
+# A subscribe waits at most this long while Redis keeps answering (see _confirmation).
+BURST_WAIT_S = 30.0
+STALL_S = 0.1  # a wait that ends this much later than asked followed a stalled loop
 _MESSAGE_KINDS = (b"message", b"smessage")
 _SUBSCRIBE_KINDS = (b"subscribe", b"ssubscribe")
 _UNSUBSCRIBE_KINDS = (b"unsubscribe", b"sunsubscribe")
@@ -166,8 +172,7 @@ class PubSubLink:
             self._ops.append((True, channel, waiter))
         self._schedule_ops()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await waiter.future
+            await self._confirmation(waiter)
         except BaseException as exc:
             for channel in added:
                 self.wanted.discard(channel)
@@ -177,10 +182,37 @@ class PubSubLink:
                 self._unsubscribes += len(added)
                 self._schedule_ops()
             if isinstance(exc, TimeoutError):
+                waited = exc.args[0] if exc.args else self.timeout_s
                 raise ClusterUnavailable(
-                    f"{self.target.shown}: Redis did not confirm the subscription within {self.timeout_s:g} s"
+                    f"{self.target.shown}: Redis did not confirm the subscription within {waited:g} s"
                 ) from None
             raise
+
+    async def _confirmation(self, waiter: _Waiter) -> None:
+        """Wait for the waiter's commands. TimeoutError once Redis has answered nothing at all on
+        this connection for `timeout_s`: while confirmations keep arriving, Redis is alive and we
+        are behind a burst (thousands of channels subscribed at once, e.g. clients coming back after
+        a restart; the loop reads each reply in Python), and failing the subscribes would only
+        make every client try again. BURST_WAIT_S bounds the wait all the same.
+
+        A wait that ends late (the loop was stalled) says nothing: timers run before the loop reads
+        its sockets, so Redis's answers may be there unread. It is waited again."""
+        loop = asyncio.get_running_loop()
+        waited = 0.0
+        while waited < BURST_WAIT_S:
+            seen, started = self._received, loop.time()
+            done, _ = await asyncio.wait({waiter.future}, timeout=self.timeout_s)
+            if done:
+                waiter.future.result()
+                return
+            elapsed = loop.time() - started
+            waited += elapsed
+            if not self.up:
+                break
+            stalled = elapsed - self.timeout_s > min(STALL_S, self.timeout_s / 2)
+            if self._received == seen and not stalled:
+                break
+        raise TimeoutError(waited)
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
         """Unsubscribe channels; returns once Redis confirmed (or at once if the connection is down:

@@ -41,7 +41,8 @@ class Recorder:
 
 async def client_for(url: str, recorder: Recorder, **options) -> ClusterClient:
     options.setdefault("probe_interval_s", 0)
-    client = ClusterClient([url], timeout_s=TIMEOUT, on_publication=recorder.publication,
+    options.setdefault("timeout_s", TIMEOUT)
+    client = ClusterClient([url], on_publication=recorder.publication,
                            on_rebuilt=recorder.rebuilt.append, **options)  # fmt: skip
     await client.start()
     assert await client.wait_up(5)
@@ -231,5 +232,44 @@ def test_redis_unreachable_at_start_then_appears(redis_factory, tmp_path):
         finally:
             await client.close()
             server.kill()
+
+    run(body())
+
+
+def test_a_burst_of_subscribes_slower_to_confirm_than_the_timeout_succeeds_while_redis_answers(redis_server):
+    # The clients of a restarted host subscribing to their own channels at once: reading each
+    # confirmation takes the worker longer than the timeout in all, but Redis answers all along.
+    # Every subscribe failed with "Redis did not confirm the subscription" before.
+    recorder = Recorder()
+
+    async def body():
+        client = await client_for(redis_server.url, recorder, timeout_s=0.02)
+        channels = [f"user:{i}" for i in range(10_000)]
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.subscribe([ch]) for ch in channels), return_exceptions=True)
+        took = time.monotonic() - started
+        failures = [r for r in results if isinstance(r, Exception)]
+        assert not failures, f"{len(failures)} failed, e.g. {failures[0]}"
+        assert took > 0.02, "the burst must outlast the timeout for this test to mean anything"
+        assert sum(numsub(redis_server, *channels[::1000])) == 10
+        await client.close()
+
+    run(body())
+
+
+def test_a_subscribe_still_fails_in_the_timeout_when_redis_answers_nothing(redis_server):
+    recorder = Recorder()
+
+    async def body():
+        client = await client_for(redis_server.url, recorder)
+        redis_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(ClusterUnavailable, match="did not confirm"):
+                await client.subscribe(["paused"])
+            assert time.monotonic() - started < 3 * TIMEOUT
+        finally:
+            redis_server.resume()
+        await client.close()
 
     run(body())
