@@ -184,7 +184,7 @@ class ClientProcess:
         if command == "connect":
             asyncio.ensure_future(self.connect_resuming(**args) if self.plan.resume else self.connect(**args))
         elif command == "subscribe":
-            asyncio.ensure_future(self.subscribed_resuming() if self.plan.resume else self.subscribe())
+            asyncio.ensure_future(self.subscribed_resuming() if self.plan.resume else self.subscribe(**args))
         elif command == "arm":
             self.arm(**args)
         elif command == "finish":
@@ -258,7 +258,7 @@ class ClientProcess:
             }
         )
 
-    async def subscribe(self) -> None:
+    async def subscribe(self, timeout: float = PHASE_GRACE_SECONDS) -> None:
         """Subscribe every connection to the shared channel (and to its own user channel)."""
         started = time.monotonic()
         socketio = self.plan.socketio
@@ -269,7 +269,7 @@ class ClientProcess:
                 listener.transport.send(WSMsgType.TEXT, request)
             if self.plan.user_channels:
                 listener.transport.send(WSMsgType.TEXT, subscribe_request(user_channel(index), socketio))
-        deadline = started + PHASE_GRACE_SECONDS
+        deadline = started + timeout
         while time.monotonic() < deadline:
             if all(listener.acks >= expected_acks or listener.error for _index, listener in self.listeners):
                 break
@@ -565,7 +565,10 @@ class LoadGenerator:
         for reply in replies:
             per_worker.update(reply["workers"])
         started = time.monotonic()
-        sub_replies = self.request("subscribe")
+        # Every connection subscribes at once: a few hundred thousand `sub`s take the server longer
+        # than a phase's grace on 2 cores (~14,000 a second at 200,000 connections).
+        subscribe_timeout = max(PHASE_GRACE_SECONDS, self.subscribers / 5000)
+        sub_replies = self.request("subscribe", {"timeout": subscribe_timeout}, timeout=subscribe_timeout + 300)
         subscribed = sum(r["subscribed"] for r in sub_replies)
         if subscribed < connected:
             raise RuntimeError(
