@@ -566,8 +566,9 @@ class LoadGenerator:
             per_worker.update(reply["workers"])
         started = time.monotonic()
         # Every connection subscribes at once: a few hundred thousand `sub`s take the server longer
-        # than a phase's grace on 2 cores (~14,000 a second at 200,000 connections).
-        subscribe_timeout = max(PHASE_GRACE_SECONDS, self.subscribers / 5000)
+        # than a phase's grace on 2 cores (~14,000 a second at 200,000 connections, ~10,000 at
+        # 500,000 with 28 workers: 100 s were not enough there).
+        subscribe_timeout = max(PHASE_GRACE_SECONDS, self.subscribers / 2000)
         sub_replies = self.request("subscribe", {"timeout": subscribe_timeout}, timeout=subscribe_timeout + 300)
         subscribed = sum(r["subscribed"] for r in sub_replies)
         if subscribed < connected:
