@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from harness.net import bound_socket
 from harness.resume import NOT_RECOVERED, RECONNECT_CODES, RESUMED, ChannelPosition
 
 STARTED = time.monotonic()  # event times in a problem report are seconds since the process started
@@ -149,10 +148,15 @@ class ResumingSubscriber:
             await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
 
     async def _connect(self) -> tuple[WSTransport, ResumingListener]:
+        # uvloop makes the socket (local_addr), not we: a socket handed to create_connection(sock=)
+        # is not detached when the connect fails, and its __del__ later closes whatever connection
+        # the kernel gave its number to, which then fails every new connect with "File descriptor N
+        # is used by transport" (MagicStack/uvloop#738; seen in `make chaos` as clients that never
+        # got back).
         return await ws_connect(
             lambda: ResumingListener(self),
             self.url,
-            socket_factory=lambda _url: bound_socket(self.source),
+            local_addr=(self.source, 0),
             read_buffer_init_size=READ_BUFFER_INIT_SIZE,
             use_aiofastnet=False,
             websocket_handshake_timeout=HANDSHAKE_TIMEOUT_S,
