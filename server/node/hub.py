@@ -209,6 +209,8 @@ class Hub:
             groups = self.compressing.get(channel_key) if compressed else None
             if groups is not None:
                 sent += self._write_compressed(channel_key, members, groups, compressed.get(channel_key, {}), payload)
+                if sum(len(group) for group in groups.values()) == len(members):
+                    continue  # every subscriber takes compressed frames (browsers: the usual case)
                 targets = members.keys()
                 for group in groups.values():
                     targets = targets - group.keys()
