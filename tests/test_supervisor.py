@@ -208,6 +208,14 @@ def test_a_crash_loop_is_reported_clearly(wsd_factory):
     time.sleep(0.5)
     if wsd.status()["workers"][1]["state"] == "crash-loop":  # not in the middle of a new attempt
         assert [wsd.http_get("/healthz")[0] for _ in range(20)] == [200] * 20
+    # Once a worker of the slot outlives a short run (10 s), the slot is running again: it was marked
+    # crash-loop for good, however long that worker served.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and wsd.status()["workers"][1]["state"] != "running":
+        time.sleep(0.2)
+    worker = wsd.status()["workers"][1]
+    assert worker["state"] == "running" and worker["accepting"], worker
+    assert "is running again after its crash loop" in wsd.read_log()
 
 
 def test_workers_stop_when_the_supervisor_is_killed(wsd_factory):
