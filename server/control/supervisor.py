@@ -65,6 +65,7 @@ log = logging.getLogger("wsd.supervisor")
 
 CRASH_LOOP_RUNS = 5  # this many short-lived runs in a row is a crash loop
 SHORT_RUN_S = 10.0  # a worker that exits sooner than this counts as a failed start
+LEAVE_GROUP_AFTER_S = 1.0  # a respawn back-off this long takes the slot out of the listening group
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 30.0
 LOOP_TIMEOUT_S = 0.5
@@ -518,9 +519,11 @@ class Supervisor:
         slot.failed_runs = slot.failed_runs + 1 if ran_for < SHORT_RUN_S else 0
         delay = 0.0 if slot.failed_runs == 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (slot.failed_runs - 1))
         slot.spawn_at = time.monotonic() + delay
-        if delay > 0:
+        if delay >= LEAVE_GROUP_AFTER_S:
             # Nobody accepts on the slot until the back-off ends: its share of new connections
-            # would wait in the kernel's queue; let the other workers take them meanwhile.
+            # would wait in the kernel's queue; let the other workers take them meanwhile. Not for
+            # a shorter back-off: closing the sockets resets the connections already queued (an API
+            # publish among them), and a new worker takes them within a second anyway.
             self._leave_reuseport_group(slot)
         if slot.failed_runs >= CRASH_LOOP_RUNS:
             slot.state = "crash-loop"
