@@ -78,10 +78,14 @@ def slab_bytes() -> int:
 _METRIC = re.compile(rb"^wsd_publish_delivery_seconds_(sum|count|bucket)(\{[^}]*\})? ([0-9.e+-]+|\+Inf)$", re.M)
 
 
-def delivery_histogram(api_url: str) -> dict[str, float]:
-    """wsd's publish-to-written histogram, summed over its workers: sum, count, and le buckets."""
+def metrics_text(api_url: str) -> bytes:
     with urllib.request.urlopen(f"{api_url}/metrics", timeout=30) as response:
-        text = response.read()
+        return response.read()
+
+
+def delivery_histogram(text: bytes) -> dict[str, float]:
+    """wsd's publish-to-written histogram in a /metrics text, summed over its workers: sum, count,
+    and le buckets."""
     found: dict[str, float] = {}
     for kind, labels, value in _METRIC.findall(text):
         key = kind.decode()
@@ -95,10 +99,9 @@ def delivery_histogram(api_url: str) -> dict[str, float]:
 _DISCONNECTS = re.compile(rb'^wsd_disconnects_total\{code="([^"]+)"\} ([0-9.e+-]+)$', re.M)
 
 
-def server_disconnects(api_url: str) -> dict[str, int]:
-    """wsd's closed connections by close code (wsd_disconnects_total), the codes seen only."""
-    with urllib.request.urlopen(f"{api_url}/metrics", timeout=30) as response:
-        text = response.read()
+def server_disconnects(text: bytes) -> dict[str, int]:
+    """wsd's closed connections by close code in a /metrics text (wsd_disconnects_total), the codes
+    seen only."""
     return {code.decode(): int(float(n)) for code, n in _DISCONNECTS.findall(text) if float(n)}
 
 
@@ -202,7 +205,7 @@ def run_server(args: argparse.Namespace, name: str) -> dict[str, Any]:
         server_processes = server.processes()
         for seq in range(args.broadcasts):
             load.arm(expected_per_connection=1, record_latency=True, timeout=args.broadcast_timeout)
-            histogram_before = delivery_histogram(server.wsd.api_url) if server.wsd else {}
+            histogram_before = delivery_histogram(metrics_text(server.wsd.api_url)) if server.wsd else {}
             server_cpu, client_cpu = cpu_seconds(server_processes), cpu_seconds(clients)
             offset = publisher.publish_one(seq)
             reports = load.collect(args.broadcast_timeout + 30)
@@ -221,10 +224,10 @@ def run_server(args: argparse.Namespace, name: str) -> dict[str, Any]:
             }
             if server.wsd:
                 time.sleep(0.6)  # the workers write their stats twice a second
-                entry["server"] = server_part(histogram_before, delivery_histogram(server.wsd.api_url))
+                metrics = metrics_text(server.wsd.api_url)
+                entry["server"] = server_part(histogram_before, delivery_histogram(metrics))
+                entry["server_disconnects"] = server_disconnects(metrics)
             broadcasts.append(entry)
-            if server.wsd:
-                entry["server_disconnects"] = server_disconnects(server.wsd.api_url)
             lost = ""
             if check["disconnected"]:
                 lost = f"{check['disconnected']:,} disconnected {check['disconnect_reasons']}, "
