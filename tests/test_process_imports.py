@@ -26,6 +26,7 @@ from websockets.sync.client import connect
 
 from harness.wsd_process import WsdProcess
 from tests import auth_material
+from tests.tls_websocket import TlsWebSocket
 
 DUMP_MODULES = """
 import atexit, json, os, sys
@@ -82,7 +83,9 @@ def run_and_collect(directory: Path, monkeypatch, flags: list[str], use, ws_ssl=
 
 def subscribe_and_publish(server: WsdProcess, url: str, ssl_context=None) -> None:
     for round_ in range(2):  # two connections: each worker most likely gets one
-        with connect(url, ssl=ssl_context, open_timeout=10) as ws:
+        # Over TLS, not websockets' sync client: its reading thread races the caller's writes on
+        # one SSLSocket (tests/tls_websocket.py).
+        with (TlsWebSocket(url, ssl_context) if ssl_context else connect(url, open_timeout=10)) as ws:
             ws.send(json.dumps({"op": "sub", "ch": "news", "id": 1}))
             assert json.loads(ws.recv(timeout=10))["op"] == "ok"
             offset = server.publish("news", {"round": round_})

@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from harness.wsd_process import WsdProcess
 from tests import auth_material
+from tests.tls_websocket import TlsWebSocket
 
 API_KEY = "api-key-for-tls-tests-0123456789"
 
@@ -78,7 +78,7 @@ def token(**claims) -> str:
 
 def test_wss_and_https_on_the_websocket_port_and_https_on_the_api(tls):
     assert tls.url.startswith("wss://") and tls.api_url.startswith("https://")
-    with connect(f"{tls.url}?token={token(subs=['news'])}", ssl=tls.ws_ssl, open_timeout=10) as ws:
+    with TlsWebSocket(f"{tls.url}?token={token(subs=['news'])}", tls.ws_ssl) as ws:
         ws.send(json.dumps({"op": "sub", "ch": "news", "id": 1}))
         assert json.loads(ws.recv(timeout=10))["op"] == "ok"
         offset = tls.publish("news", {"over": "https"})
@@ -91,7 +91,7 @@ def test_wss_and_https_on_the_websocket_port_and_https_on_the_api(tls):
     assert status == 200 and b"export function connect" in body
     # The handshake's decisions are the same over TLS.
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"{tls.url}?token=bad", ssl=tls.ws_ssl, open_timeout=10)
+        TlsWebSocket(f"{tls.url}?token=bad", tls.ws_ssl)
     assert refused.value.response.status_code == 401
 
 
@@ -129,7 +129,7 @@ def test_a_broken_renewal_is_refused_and_a_good_one_is_served_after_a_reload(tls
         raise AssertionError(f"reload not done: {tls.status()}")
     assert presented_certificate(tls, tls.port) == renewed_der
     assert presented_certificate(tls, tls.api_port) == renewed_der
-    with connect(f"{tls.url}?token={token()}", ssl=tls.ws_ssl, open_timeout=10) as ws:
+    with TlsWebSocket(f"{tls.url}?token={token()}", tls.ws_ssl) as ws:
         ws.send(json.dumps({"op": "ping", "id": 1}))
         assert json.loads(ws.recv(timeout=10))["op"] == "ok"
     assert tls.publish("news", "after the renewal") >= 1
