@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NODE_WS = REPO_ROOT / "bench" / "peers" / "node_ws"
 SUBSCRIBERS = 200
 MESSAGES = 20
+HANDSHAKES = 1000  # the default, 3 rounds of 10,000 for each of the three peers, took ~35 s here
 
 
 def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: Path) -> None:
@@ -34,6 +35,7 @@ def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: P
         "--subscribers", str(SUBSCRIBERS), "--client-processes", "1", "--messages", str(MESSAGES),
         "--rounds", "1", "--rates", "5",
         "--paced-seconds", "2", "--targeted-messages", "2", "--targeted-rounds", "1",
+        "--handshakes", str(HANDSHAKES), "--handshake-rounds", "1",
         "--out", str(tmp_path), "--tag", "smoke",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
@@ -62,3 +64,7 @@ def test_peers_benchmark_runs_every_workload_against_wsd_and_node_ws(tmp_path: P
         targeted = result["targeted"]
         assert targeted["deliveries"] == targeted["expected_deliveries"] == SUBSCRIBERS * 2
         assert (targeted["missing"], targeted["out_of_order"]) == (0, 0)
+        handshakes = result["handshakes"]
+        assert handshakes["connections"] == HANDSHAKES and handshakes["failed"] == 0
+        assert [r["connected"] for r in handshakes["rounds"]] == [HANDSHAKES]
+        assert handshakes["handshakes_per_second"]["median"] > 0
