@@ -115,7 +115,7 @@ def dashboard() -> dict:
     layout.add(timeseries("Connections per worker", "wsd_connections by server and worker slot.", "short",
                           (selector("wsd_connections"), "{{instance}} worker {{worker}}"), stack=True), 12, 8)
     layout.add(timeseries("Handshakes / s by result", "accepted, or why refused: draining, limit, unauthorized, "
-                          "origin, rate_limited.", "reqps",
+                          "origin, rate_limited; incomplete: closed before a whole upgrade request.", "reqps",
                           (f"sum by (result) ({rate('wsd_handshakes_total')})", "{{result}}")), 12, 8)  # fmt: skip
     layout.add(timeseries("Disconnects / s by close code", "1000 normal, 1001 going away, 1006 dropped without a "
                           "close, 1008 policy, 1009 too big, 1011 error, 1012 restart (drain), 1013 slow reader, "

@@ -75,7 +75,9 @@ def _bound_text(bound: float) -> str:
 
 # Label values the issue fixes (the contract) -------------------------------------------------------
 
-HANDSHAKE_RESULTS = ("accepted", "draining", "limit", "unauthorized", "origin", "rate_limited")
+# `incomplete`: closed before its upgrade request was complete, by the client or at picows's
+# handshake timeout (5 s); never answered, so neither accepted nor refused.
+HANDSHAKE_RESULTS = ("accepted", "draining", "limit", "unauthorized", "origin", "rate_limited", "incomplete")
 PUBLISH_SOURCES = ("client", "api", "cluster")
 RESUME_RECOVERED = ("true", "false")
 # Every close code wsd sends, and those a client or the network may end a connection with. Codes a
@@ -198,7 +200,8 @@ class WorkerCounters:
 
     def handshake(self, result: str) -> None:
         """One WebSocket handshake answered: `accepted`, or refused (`draining`, `limit`, and with
-        auth `unauthorized`, `origin`, `rate_limited`)."""
+        auth `unauthorized`, `origin`, `rate_limited`); or a connection closed before its upgrade
+        request was complete (`incomplete`)."""
         self.counts[HANDSHAKE_INDEX[result]] += 1
 
     def published(self, source: str, count: int = 1) -> None:
@@ -244,7 +247,7 @@ class StatusField:
     flag: bool = False  # shown as true/false
 
 
-_REFUSED = tuple(f"handshakes.{result}" for result in HANDSHAKE_RESULTS if result != "accepted")
+_REFUSED = tuple(f"handshakes.{result}" for result in HANDSHAKE_RESULTS if result not in ("accepted", "incomplete"))
 
 STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("connections", ("connections",), "open WebSocket connections", total=True),
@@ -269,6 +272,8 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("handshakes_accepted", ("handshakes.accepted",), "WebSocket handshakes accepted", total=True),
     StatusField("handshakes_refused", _REFUSED, "handshakes refused (draining, limit, auth, origin, rate)",
                 total=True),
+    StatusField("handshakes_incomplete", ("handshakes.incomplete",), "connections closed before a complete "
+                "upgrade request (by the client, or at the 5 s handshake timeout)", total=True),
     StatusField("bad_entries", ("bus_bad_entries",), "ring entries that could not be handled, skipped",
                 total=True),
     StatusField("channels_forgotten", ("bus_channels_forgotten",), "channels forgotten to make room in the "

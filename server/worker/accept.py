@@ -66,8 +66,9 @@ class AcceptGate:
     async def start(self) -> None:
         listener = socket.socket(fileno=os.dup(self.listen_socket.fileno()))
         self.server = await create_peer_aware_server(
-            self.loop, self.route, listener, needs_peer=getattr(self.route, "needs_peer", True), **self.server_kwargs
-        )
+            self.loop, self.route, listener, needs_peer=getattr(self.route, "needs_peer", True),
+            on_incomplete=getattr(self.route, "incomplete", None), **self.server_kwargs,
+        )  # fmt: skip
         self.accepting = not self.closed
         if self.closed:  # closed while the server was starting
             self.close()
@@ -113,15 +114,28 @@ class _PeerAwareRoute:
 class LeanWSProtocol(WSProtocol):
     """picows's protocol, reading into the process's shared read buffer while it has no
     incomplete frame (wsd.ext.connmem): ~2 KiB less per idle connection. uvloop calls
-    `buffer_updated` after each read into what `get_buffer` gave it."""
+    `buffer_updated` after each read into what `get_buffer` gave it.
 
-    __slots__ = ("_own_read_buffer", "_shared")
+    It also tells `on_incomplete` of a connection that closes before its upgrade request is
+    complete: picows closes those at its handshake timeout, silently."""
 
-    def __init__(self, *args: Any, shared: SharedReadBuffer):
+    __slots__ = ("_own_read_buffer", "_shared", "_on_incomplete")
+
+    def __init__(self, *args: Any, shared: SharedReadBuffer, on_incomplete: Callable[[], None] | None = None):
         super().__init__(*args)
         # picows's read buffer, a private field; the protocol's GC traversal hands it out.
         self._own_read_buffer = next(r for r in gc.get_referents(self) if type(r) is MemoryBuffer)
         self._shared = shared
+        self._on_incomplete = on_incomplete
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # picows sets `transport.request` once the request is parsed, before it is answered; an
+        # accepted session's is dropped later (trim_transport), but it has a listener by then.
+        transport = self.transport
+        if transport is not None and transport.request is None and self.listener is None:
+            if self._on_incomplete is not None:
+                self._on_incomplete()
+        WSProtocol.connection_lost(self, exc)
 
     def buffer_updated(self, nbytes: int) -> None:
         buffer, shared = self._own_read_buffer, self._shared
@@ -160,6 +174,7 @@ async def create_peer_aware_server(
     websocket_handshake_timeout: float = 5.0,
     use_aiofastnet: bool = False,
     needs_peer: bool = True,
+    on_incomplete: Callable[[], None] | None = None,
 ) -> asyncio.Server:
     """`picows.ws_create_server`, with `route(request, peer)` instead of `factory(request)`; with
     `needs_peer` false, `route(request)` (no peer address asked of the transport, no object per
@@ -178,6 +193,7 @@ async def create_peer_aware_server(
             None, None, False, peer_route or route, logger, True, websocket_handshake_timeout,
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
             enable_auto_pong, max_frame_size, None, read_buffer_init_size, shared=shared,
+            on_incomplete=on_incomplete,
         )  # fmt: skip
         if peer_route is not None:
             peer_route.protocol = protocol

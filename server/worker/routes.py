@@ -6,7 +6,8 @@ endpoint for conformance tests, and the static pages (the demo and wsd.js). Anyt
 A `/ws` handshake is decided here, before the upgrade: a browser `Origin` not on
 `--allowed-origins` gets 403, a `?token=` that is empty or invalid gets 401 (docs/auth.md). Every
 handshake is counted by its result (wsd_handshakes_total{result}, `counters.handshake`):
-`accepted`, `draining`, `limit` (the worker is full), `origin`, `unauthorized`.
+`accepted`, `draining`, `limit` (the worker is full), `origin`, `unauthorized`; and connections
+closed before their upgrade request was complete, `incomplete`.
 
 permessage-deflate (RFC 7692) is negotiated here too, for `/ws` and the echo endpoint, unless
 `--compression off` (wsd.server.permessage_deflate): the agreement goes to the listener before the
@@ -126,6 +127,10 @@ class WebSocketRoutes:
         if response is not None:
             return WSUpgradeResponseWithListener(response, None)
         return None  # picows answers 404
+
+    def incomplete(self) -> None:
+        """A connection closed before its upgrade request was complete (wsd.server.worker.accept)."""
+        self.counters.handshake("incomplete")
 
     def _upgrade(self, request: WSUpgradeRequest, listener: Any, client_resets: bool) -> WSUpgradeResponseWithListener:
         """The 101 response for `listener`, with permessage-deflate if offered and on."""

@@ -83,6 +83,27 @@ def test_handshakes_count_each_accepted_connection(server):
         client.close()
 
 
+def test_connections_closed_before_a_whole_upgrade_request_count_incomplete_and_nothing_else(server):
+    results = ("accepted", "draining", "limit", "unauthorized", "origin", "rate_limited", "incomplete")
+    before = {result: scrape(server).value("wsd_handshakes_total", result=result) for result in results}
+    address = ("127.0.0.1", server.port)
+    socket.create_connection(address, timeout=10).close()  # a TCP health check: connects, sends nothing
+    with socket.create_connection(address, timeout=10) as half:  # gives up half-way through its request
+        half.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+    with socket.create_connection(address, timeout=15) as stalled:  # stalls: closed at the 5 s timeout
+        stalled.sendall(b"GET /ws HTTP/1.1\r\n")
+        started = time.monotonic()
+        assert stalled.recv(1024) == b""  # nothing answered
+        assert 3 < time.monotonic() - started < 12
+    # Answered ones are not incomplete: a 404, an accepted session.
+    assert http(f"http://127.0.0.1:{server.port}/no-such-page", None, {})[0] == 404
+    Client(server).close()
+    metrics = grows(server, "wsd_handshakes_total", before["accepted"], 1, result="accepted")
+    metrics = grows(server, "wsd_handshakes_total", before["incomplete"], 3, result="incomplete")
+    after = {result: metrics.value("wsd_handshakes_total", result=result) for result in results}
+    assert after == {**before, "accepted": before["accepted"] + 1, "incomplete": before["incomplete"] + 3}
+
+
 def test_published_messages_count_by_where_they_entered(server):
     metrics = scrape(server)
     client_before = metrics.value("wsd_messages_published_total", source="client")

@@ -23,7 +23,8 @@ CONTRACT = {
     "wsd_connections": ("gauge", {}),
     "wsd_handshakes": (
         "counter",
-        {"result": {"accepted", "draining", "limit", "unauthorized", "origin", "rate_limited"}},
+        # `incomplete` extends the set (closed before a whole upgrade request).
+        {"result": {"accepted", "draining", "limit", "unauthorized", "origin", "rate_limited", "incomplete"}},
     ),
     "wsd_messages_published": ("counter", {"source": {"client", "api", "cluster"}}),
     "wsd_deliveries": ("counter", {}),
