@@ -5,7 +5,7 @@ websockets' sync client reads in a thread of its own while the caller's thread w
 python/cpython#143756; python-engineio#461 shows the same race). About one connect in 600 loses its
 upgrade request, and the server, which never received it, closes the connection at its handshake
 timeout. Measured here: 13 of 8,000 sync connects failed so, against wsd and against a plain
-websockets asyncio server alike, and 0 of 4,000 with websockets' asyncio client.
+websockets asyncio server alike, and 0 of 4,000 with this client (`python -m tests.tls_client_race`).
 
 This runs websockets' asyncio client on an event loop of its own, in the caller's thread: each call
 runs the loop until it is done, so the socket is only ever used by one thread.
