@@ -48,7 +48,7 @@ extensions = [
 
 # Both steps on every core: ten modules of generated C take ~2 minutes one at a time, and every
 # fresh install (a user's `pip install`, CI's packaging tests) builds them.
-JOBS = len(os.sched_getaffinity(0))
+JOBS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 PACKAGES = packages()
 setup(
