@@ -331,8 +331,8 @@ class Node:
         self, items: list[tuple[str, bytes]]
     ) -> tuple[list[int], asyncio.Future | None, tuple[int, BrokerError] | None] | None:
         """The publish API's batch in one call to the broker, when it takes batches (the
-        shared-memory bus): see ShmBroker.publish_batch for what it returns. None when the broker
-        does not; the caller publishes item by item then."""
+        shared-memory bus, and Redis with every item pipelined): see ShmBroker.publish_batch for
+        what it returns. None when the broker does not; the caller publishes item by item then."""
         publish_batch = getattr(self.broker, "publish_batch", None)
         if publish_batch is None:
             return None

@@ -373,3 +373,73 @@ def test_a_client_publish_carries_its_user_through_redis_live_and_in_redis_histo
         assert [(m["off"], m.get("from")) for m in replayed] == [(1, "alice"), (2, "alice"), (3, "alice"), (4, None)]
     finally:
         wsd.kill()
+
+
+def api_publish_batch(wsd: WsdProcess, items: list[tuple[str, object]]) -> tuple[int, dict]:
+    body = json.dumps([{"channel": channel, "data": data} for channel, data in items]).encode()
+    request = urllib.request.Request(f"{wsd.api_url}/api/publish_batch", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_an_api_batch_is_published_through_redis_in_the_batchs_order_per_channel(host):
+    # The broker sends the whole batch to Redis pipelined (ClusterBroker.publish_batch): Redis's
+    # offsets, and what subscribers on both workers receive, follow the batch item by item.
+    channels = [f"batch-{os.getpid()}-{name}" for name in "abc"]
+    items = [(channels[i % 3], {"i": i}) for i in range(300)]
+
+    async def body():
+        subscribers = await clients_on_both_workers(host.url, 4, channels[0])
+        for subscriber in subscribers:
+            for channel in channels[1:]:
+                assert (await subscriber.sub(channel))["op"] == "ok"
+        status, answer = await asyncio.get_running_loop().run_in_executor(None, api_publish_batch, host, items)
+        assert status == 200, answer
+        for channel in channels:
+            assert [off for off, (ch, _) in zip(answer["offsets"], items, strict=True) if ch == channel] == list(
+                range(1, 101)
+            )
+        await wait_for(lambda: all(len(s.offsets(ch)) >= 100 for s in subscribers for ch in channels), 10,
+                       "every delivery")  # fmt: skip
+        for subscriber in subscribers:
+            for channel in channels:
+                assert subscriber.offsets(channel) == list(range(1, 101))
+                assert subscriber.data(channel) == [data for ch, data in items if ch == channel]
+        await close_all(subscribers)
+
+    run(body())
+
+
+def test_an_api_batch_redis_does_not_answer_is_refused_naming_its_first_item(tmp_path):
+    # Redis stopped (SIGSTOP): the pipelined batch gets no reply within --cluster-timeout; the
+    # answer is 503 for item 0, and says the items after it were sent too (Redis runs them once
+    # it goes on: they may have been published).
+    if MISSING:
+        pytest.skip(MISSING)
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    wsd = WsdProcess(tmp_path / "wsd", workers=2,
+                     flags=["--cluster", redis_server.url, "--cluster-timeout", "0.5"])  # fmt: skip
+    wsd.start()
+    try:
+        channel = "stopped-redis-batch"
+        assert api_publish_batch(wsd, [(channel, 0)]) == (200, {"offsets": [1]})
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status, answer = api_publish_batch(wsd, [(channel, n) for n in range(1, 6)])
+            assert time.monotonic() - started < 10
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert status == 503, answer
+        assert answer["offsets"] == []
+        assert "batch item 0" in answer["error"] and "may or may not have been published" in answer["error"]
+        # Redis went on with what it had been sent: the batch was published after all, once.
+        assert api_publish_batch(wsd, [(channel, 6)]) == (200, {"offsets": [7]})
+    finally:
+        wsd.kill()
+        redis_server.kill()
