@@ -132,10 +132,10 @@ class LeanWSProtocol(WSProtocol):
         # picows sets `transport.request` once the request is parsed, before it is answered; an
         # accepted session's is dropped later (trim_transport), but it has a listener by then.
         transport = self.transport
-        if transport is not None and transport.request is None and self.listener is None:
-            if self._on_incomplete is not None:
-                self._on_incomplete()
-        WSProtocol.connection_lost(self, exc)
+        incomplete = transport is not None and transport.request is None and self.listener is None
+        WSProtocol.connection_lost(self, exc)  # first: picows's own clean-up never waits on the count
+        if incomplete and self._on_incomplete is not None:
+            self._on_incomplete()
 
     def buffer_updated(self, nbytes: int) -> None:
         buffer, shared = self._own_read_buffer, self._shared
