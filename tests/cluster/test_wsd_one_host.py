@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
@@ -19,6 +18,7 @@ from harness.wsd_process import WSD, WsdProcess
 from tests.cluster.conftest import run
 from tests.cluster.redis_servers import MISSING, RedisServer
 from tests.cluster.ws_client import Client, ResumingClient, check_sequence, wait_for
+from tests.operations.helpers import http
 
 PASSWORD = "s3cret-pw"
 
@@ -48,14 +48,16 @@ def numsub(redis_server: RedisServer, channel: str) -> int:
     return redis_server.client().execute_command("PUBSUB", "NUMSUB", f"wsd:{{{channel}}}")[1]
 
 
+def api_post(wsd: WsdProcess, path: str, payload, timeout: float = 10) -> tuple[int, dict]:
+    """(status, JSON answer) of a POST to the publish API; error statuses are answers."""
+    status, _headers, body = http(f"{wsd.api_url}{path}", json.dumps(payload).encode(),
+                                  {"Content-Type": "application/json"}, timeout=timeout)  # fmt: skip
+    return status, json.loads(body)
+
+
 def api_publish(wsd: WsdProcess, channel: str, data) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{wsd.api_url}/api/publish", data=json.dumps({"channel": channel, "data": data})
-                                     .encode(), headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return api_post(wsd, "/api/publish", {"channel": channel, "data": data})
     except OSError as exc:  # the connection was reset (a killed worker held it)
         return 0, {"error": repr(exc)}
 
@@ -376,14 +378,7 @@ def test_a_client_publish_carries_its_user_through_redis_live_and_in_redis_histo
 
 
 def api_publish_batch(wsd: WsdProcess, items: list[tuple[str, object]]) -> tuple[int, dict]:
-    body = json.dumps([{"channel": channel, "data": data} for channel, data in items]).encode()
-    request = urllib.request.Request(f"{wsd.api_url}/api/publish_batch", data=body,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return api_post(wsd, "/api/publish_batch", [{"channel": channel, "data": data} for channel, data in items], 20)
 
 
 def test_an_api_batch_is_published_through_redis_in_the_batchs_order_per_channel(host):
